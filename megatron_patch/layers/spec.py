@@ -16,7 +16,6 @@ from megatron.core.transformer.transformer_block import (
     get_num_layers_to_build,
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 IMPLS = ("auto", "te", "local")
 
@@ -57,6 +56,4 @@ def get_block_spec(
 
         layer, final_norm = get_gpt_layer_local_spec(normalization="RMSNorm"), WrappedTorchNorm
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
-    offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
-    del offset  # every layer of a stage uses the same spec; the offset only names layers
     return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=final_norm)
