@@ -1,0 +1,13 @@
+"""Compatibility shims for running real megatron-core where it assumes a GPU or TE/Apex.
+
+- `enable_cpu()`: lets megatron-core 0.16.1 run on a machine without CUDA (gloo, fp32), so the
+  tensor/pipeline/data-parallel tests run in CI. A no-op when CUDA is available.
+- `fix_torch_adam_distrib_optimizer()`: repairs DistributedOptimizer checkpoint loading with
+  plain `torch.optim.AdamW` (always the case without TE/Apex, on CPU or GPU).
+
+Everything that patches megatron-core or torch lives in this package and nowhere else.
+"""
+from megatron_patch.compat.cpu import cpu_compat_active, enable_cpu
+from megatron_patch.compat.distrib_optimizer import fix_torch_adam_distrib_optimizer
+
+__all__ = ["enable_cpu", "cpu_compat_active", "fix_torch_adam_distrib_optimizer"]

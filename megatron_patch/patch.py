@@ -1,0 +1,112 @@
+"""The patch-level training idea, in two functions (Shao, Meng, Zhou 2024).
+
+- `patch_embedding`: the input of patch i is the plain mean of the embeddings of its K tokens
+  (no new parameters). A sample of T*K tokens becomes T transformer positions.
+- `patch_cross_entropy`: the output of patch i predicts each of the K tokens of patch i+1
+  through the one shared output layer. One log-softmax per position, K gathered target logits:
+      loss[i, k] = logsumexp(logits_i) - logits_i[y_{i,k}]
+  Its mean is the paper's loss 1/K * sum_k CE(logits_i, x[(i+1)K + k]).
+
+K = 1 is ordinary next-token training. Everything else (the transformer, tensor/pipeline/data
+parallelism, checkpoints) is megatron-core's, untouched.
+"""
+import torch
+from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
+from megatron.core.tensor_parallel import (
+    get_cuda_rng_tracker,
+    scatter_to_sequence_parallel_region,
+)
+
+
+def patch_embedding(embedding: LanguageModelEmbedding, input_ids: torch.Tensor, patch_size: int):
+    """Embed [b, T*K] tokens and average each K consecutive embeddings: returns [T, b, h].
+
+    Uses `embedding.word_embeddings` (megatron-core's vocab-parallel embedding) so checkpoint
+    keys are those of the token model. With sequence parallel and RoPE the embedding is already
+    reduce-scattered along the sequence ([T*K/tp, b, h]); every rank's slice then holds whole
+    patches because T is divisible by TP (checked by the config), so the mean is local.
+    """
+    K = patch_size
+    b, s = input_ids.shape
+    if s % K:
+        raise ValueError(f"input length {s} is not a multiple of patch_size {K}")
+    config = embedding.config
+    emb = embedding.word_embeddings(input_ids)
+    if embedding.reduce_scatter_embeddings:
+        emb = emb.view(-1, K, b, emb.size(-1)).mean(dim=1)  # [T/tp, b, h]
+    else:
+        emb = emb.view(b, s // K, K, emb.size(-1)).mean(dim=2)  # [b, T, h]
+        if embedding.add_position_embedding:
+            positions = torch.arange(s // K, device=input_ids.device)
+            emb = emb + embedding.position_embeddings(positions)
+        emb = emb.transpose(0, 1).contiguous()  # [T, b, h]
+    if config.fp32_residual_connection:
+        emb = emb.float()
+    if config.sequence_parallel:
+        if not embedding.reduce_scatter_embeddings and embedding.scatter_to_sequence_parallel:
+            emb = scatter_to_sequence_parallel_region(emb, group=embedding.tp_group)
+        with get_cuda_rng_tracker().fork():
+            return embedding.embedding_dropout(emb)
+    return embedding.embedding_dropout(emb)
+
+
+class _VocabParallelPatchCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of one vocab-parallel distribution per position against K targets.
+
+    logits: [T, b, V/tp] (this rank's vocab slice); targets: [T, b, K] global ids.
+    Communication: one max all-reduce, one sum-of-exp all-reduce, one all-reduce of the K
+    target logits. Memory: one [T, b, V/tp] fp32 buffer (the softmax saved for backward);
+    the K targets never copy the logits.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, tp_group):
+        tp_size = torch.distributed.get_world_size(tp_group) if tp_group is not None else 1
+        tp_rank = torch.distributed.get_rank(tp_group) if tp_group is not None else 0
+        local_vocab = logits.size(-1)
+        vocab_start = tp_rank * local_vocab
+
+        logits_max = logits.max(dim=-1, keepdim=True)[0]
+        if tp_size > 1:
+            torch.distributed.all_reduce(logits_max, torch.distributed.ReduceOp.MAX, group=tp_group)
+        # A new buffer: the caller's logits are never modified (megatron-core's edits in place).
+        softmax = logits - logits_max
+
+        local_targets = targets - vocab_start
+        outside = (local_targets < 0) | (local_targets >= local_vocab)
+        local_targets = local_targets.masked_fill(outside, 0)
+        target_logits = softmax.gather(-1, local_targets).masked_fill_(outside, 0.0)
+
+        softmax.exp_()
+        sum_exp = softmax.sum(dim=-1, keepdim=True)
+        if tp_size > 1:
+            torch.distributed.all_reduce(sum_exp, group=tp_group)
+            torch.distributed.all_reduce(target_logits, group=tp_group)
+        softmax.div_(sum_exp)
+
+        loss = torch.log(sum_exp) - target_logits  # [T, b, K]
+        ctx.save_for_backward(softmax, local_targets, outside)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        softmax, local_targets, outside = ctx.saved_tensors
+        # d/dz sum_k g_k * (logsumexp(z) - z[y_k]) = softmax * sum_k g_k - sum_k onehot(y_k) g_k
+        grad = softmax.mul_(grad_loss.sum(dim=-1, keepdim=True))
+        grad.scatter_add_(-1, local_targets, -grad_loss.masked_fill(outside, 0.0))
+        return grad, None, None
+
+
+def patch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, patch_size: int, tp_group=None):
+    """Per-target loss [b, T*K] from vocab-parallel logits [T, b, V/tp] and labels [b, T*K].
+
+    Entry i*K + k is the cross-entropy of patch i's distribution against labels[:, i*K + k]
+    (the data puts the next patch's tokens there). Computed in fp32.
+    """
+    T, b, _ = logits.shape
+    K = patch_size
+    if labels.shape != (b, T * K):
+        raise ValueError(f"labels shape {tuple(labels.shape)} != (batch, T*K) = {(b, T * K)}")
+    targets = labels.view(b, T, K).transpose(0, 1).contiguous()  # [T, b, K]
+    loss = _VocabParallelPatchCrossEntropy.apply(logits.float(), targets, tp_group)
+    return loss.transpose(0, 1).reshape(b, T * K)
