@@ -41,7 +41,7 @@ class ModelConfig:
     init_method_std: float = 0.02
     """Std of the normal weight initialisation."""
     transformer_impl: str = "auto"
-    """Layer implementation: "auto" (TE if it imports, else local), "te", "local"; see megatron_patch.layers."""
+    """Layer implementation: "auto" (TE if it imports, else "sdpa"), "te", "sdpa", "local"; see megatron_patch.layers."""
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size"):

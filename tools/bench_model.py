@@ -8,6 +8,8 @@ alternate between the two models round by round, so machine noise hits both alik
     python tools/bench_model.py --preset 370m --positions 2048 --micro-batch-size 4   # on a GPU (bf16)
 
 Prints a table and, with --json, one JSON object.
+
+    python tools/bench_model.py --compare-specs 512 2048   # layer specs instead: sdpa vs local (tools/bench_spec.py)
 """
 import argparse
 import json
@@ -80,7 +82,12 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--transformer-impl", default="auto")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--compare-specs", type=int, nargs="*", metavar="T",
+                    help="instead: layer specs sdpa vs local at these T (default 512 2048), "
+                         "tokens/s and peak memory at --patch-size, --micro-batch-size; see tools/bench_spec.py")
     args = ap.parse_args(argv)
+    if args.compare_specs is not None:
+        return _compare_specs(args)
 
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda") if on_gpu else torch.device("cpu")
@@ -100,6 +107,19 @@ def main(argv=None):
     for r in res["rows"]:
         print(f"{r['patch_size']:>3} | {r['step_s']:>9.4f} | {r['tokens_per_s']:>10.0f} | {r['ratio']:>5.2f}x")
     print(f"speed ratio K={args.patch_size} / K=1: {res['rows'][-1]['ratio']:.2f}x (ideal {args.patch_size}x)")
+    return res
+
+
+def _compare_specs(args):
+    from tools.bench_spec import compare_specs, format_table
+
+    distributed.initialize(ParallelConfig(), seed=1234)
+    try:
+        res = compare_specs(("sdpa", "local"), args.preset, args.patch_size, args.compare_specs or [512, 2048],
+                            args.micro_batch_size, args.iters, args.warmup)
+    finally:
+        distributed.destroy()
+    print(json.dumps(res) if args.json else format_table(res))
     return res
 
 

@@ -37,11 +37,44 @@ def _cpu_if_cuda(dev):
     return torch.device("cpu") if _is_cuda_device(dev) else dev
 
 
+def _as_tuple(x):
+    if x is None:
+        return ()
+    return (x,) if isinstance(x, torch.Tensor) else tuple(x)
+
+
+def _backward_under_mode(mode, tensors, grad_tensors=None, retain_graph=None, create_graph=False,
+                         inputs=None):
+    """Run autograd with `mode` pushed. torch pops a mode while its own handler runs, so a plain
+    `loss.backward()` would run every backward node (megatron's sequence-parallel collectives
+    allocate with device=current_device() there) without the CUDA->CPU rewrite."""
+    from torch.autograd import _make_grads, _tensor_or_tensors_to_tuple
+    from torch.autograd.graph import _engine_run_backward
+
+    tensors = _as_tuple(tensors)
+    grads = _make_grads(tensors, _tensor_or_tensors_to_tuple(grad_tensors, len(tensors)),
+                        is_grads_batched=False)
+    with mode:
+        _engine_run_backward(
+            tensors, grads, create_graph if retain_graph is None else retain_graph, create_graph,
+            _as_tuple(inputs), allow_unreachable=True, accumulate_grad=True,
+        )
+
+
 class _CudaToCpuMode(TorchFunctionMode):
     """Rewrites CUDA placements to CPU for every torch call made while it is active."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.Tensor.backward:
+            names = ("gradient", "retain_graph", "create_graph", "inputs")
+            bound = dict(zip(names, args[1:]), **kwargs)
+            return _backward_under_mode(
+                self, args[0], bound.get("gradient"), bound.get("retain_graph"),
+                bound.get("create_graph", False), bound.get("inputs"),
+            )
+        if func is torch.autograd.backward:
+            return _backward_under_mode(self, *args, **{k: v for k, v in kwargs.items() if k != "grad_variables"})
         if func is torch.Tensor.cuda:
             return args[0]
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
