@@ -1,0 +1,90 @@
+"""Study plots: validation loss against training FLOPs, and final loss against K and lambda."""
+import os
+from collections import defaultdict
+from typing import List
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a cluster node
+import matplotlib.pyplot as plt  # noqa: E402
+
+from megatron_patch.analysis.io import save_figure  # noqa: E402
+from megatron_patch.analysis.results import eval_curve  # noqa: E402
+
+FLOPS_PLOT = "val_loss_vs_flops.png"
+K_LAMBDA_PLOT = "val_loss_vs_K_lambda.png"
+
+
+def plot_loss_vs_flops(rows: List[dict], runs_dir: str, path: str) -> bool:
+    """One curve per finished run (token-level val loss at each evaluation); False if nothing to draw."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    drawn = 0
+    control_styles = iter(["--", ":", "-.", (0, (5, 1, 1, 1))] * 4)
+    for r in rows:
+        if r["status"] != "finished":
+            continue
+        curve = eval_curve(os.path.join(runs_dir, r["name"]))
+        xs = [p["flops"] for p in curve]
+        ys = [p["val_loss"] for p in curve]
+        if not xs and r.get("final_val_loss") is not None:  # no eval records: the final point
+            xs, ys = [r["total_flops"]], [r["final_val_loss"]]
+        if not xs:
+            continue
+        if r["kind"] == "token":
+            style = dict(linestyle=next(control_styles), color="black")
+        else:
+            style = dict(marker="o" if r["batch_policy"] == "same_tokens" else "s", ms=3)
+        (line,) = ax.plot(xs, ys, label=r["name"], **style)
+        ax.plot(xs[-1:], ys[-1:], marker="*", ms=10, color=line.get_color())
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (model, forward + backward)")
+    ax.set_ylabel("token-level validation loss")
+    ax.set_title("Validation loss vs compute (star: end of run)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_loss_vs_k_lambda(rows: List[dict], path: str) -> bool:
+    """Left: final loss vs K (a line per lambda, policy); right: vs lambda (a line per K, policy)."""
+    patch = [r for r in rows if r["status"] == "finished" and r["kind"] == "patch"
+             and r.get("final_val_loss") is not None]
+    controls = [r for r in rows if r["status"] == "finished" and r["kind"] == "token"
+                and r.get("final_val_loss") is not None]
+    if not patch:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, x_key, group_key, x_label in (
+        (axes[0], "patch_size", "patch_fraction", "patch size K"),
+        (axes[1], "patch_fraction", "patch_size", "patch fraction lambda"),
+    ):
+        groups = defaultdict(list)
+        for r in patch:
+            groups[(r[group_key], r["batch_policy"])].append(r)
+        for (g, policy), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            members.sort(key=lambda r: r[x_key])
+            label = (f"lambda={g:.3g}" if group_key == "patch_fraction" else f"K={g}") + f", {policy}"
+            ax.plot([r[x_key] for r in members], [r["final_val_loss"] for r in members],
+                    marker="o", label=label)
+        for c in controls:
+            ax.axhline(c["final_val_loss"], linestyle="--", color="gray", linewidth=1)
+            ax.annotate(c["name"], (1.0, c["final_val_loss"]), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=7, color="gray")
+        ax.set_xlabel(x_label)
+        if x_key == "patch_size":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({r["patch_size"] for r in patch}))
+            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("final token-level validation loss")
+    fig.suptitle("Final validation loss by K and lambda (dashed: token-only controls)")
+    save_figure(fig, path)
+    plt.close(fig)
+    return True

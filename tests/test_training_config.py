@@ -1,0 +1,111 @@
+"""Run configs (every YAML under examples/configs), the flag/YAML parser, the stage plan, FLOPs."""
+import glob
+import os
+
+import pytest
+import yaml
+
+from megatron_patch.training.config import (
+    FLAGS, check, config_from_dict, parse_config, to_dict, to_yaml,
+)
+from megatron_patch.training.flops import flops_per_step, token_only_flops
+from megatron_patch.training.stages import plan_stages
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "examples", "configs", "*.yaml")))
+DATA = ["--data-path", "corpus_text_document", "--tokenizer-model", "tok.model"]
+
+
+def test_every_example_config_validates():
+    names = {os.path.basename(p) for p in CONFIGS}
+    assert {"370m.yaml", "780m.yaml", "1_3b.yaml", "2_7b.yaml", "cpu_demo.yaml"} <= names
+    for path in CONFIGS:
+        cfg = parse_config(["--config", path, *DATA])
+        check(cfg)
+        world = 2 if cfg.model_preset.startswith("cpu") else 64
+        dp = world // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
+        stages = plan_stages(cfg, dp)
+        assert stages and stages[-1].name == "token"
+        assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg, path  # the resolved config round-trips
+
+
+@pytest.mark.parametrize("name,hidden,layers", [("370m", 1024, 24), ("780m", 1536, 24),
+                                                ("1_3b", 2048, 24), ("2_7b", 2560, 32)])
+def test_paper_configs_carry_the_paper_recipe(name, hidden, layers):
+    cfg = parse_config(["--config", os.path.join(ROOT, "examples", "configs", f"{name}.yaml"), *DATA])
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.tie_embeddings) == (hidden, layers, False)
+    t, o = cfg.train, cfg.optim
+    assert (t.patch_size, t.patch_fraction, t.seq_length, t.bf16) == (4, pytest.approx(2 / 3), 2048, True)
+    assert (o.adam_beta1, o.adam_beta2, o.adam_eps, o.lr, o.lr_warmup_iters) == (0.9, 0.95, 1e-8, 3e-4, 2000)
+    assert (o.weight_decay, o.clip_grad, o.lr_decay_style) == (0.1, 1.0, "cosine")
+    assert t.global_batch_size * t.seq_length == 2 ** 21  # ~2M tokens per step
+    patch, token = plan_stages(cfg, 8)
+    assert patch.tokens_per_step == token.tokens_per_step  # same_tokens: 4x fewer, 4x longer samples
+    assert (patch.global_batch_size, patch.positions) == (256, 2048)
+    assert patch.train_iters == pytest.approx(2 * token.train_iters, abs=1)
+
+
+def test_flags_override_yaml_and_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {preset: tiny, num_layers: 2}\noptim: {lr: 3e-4}\n"
+                    "train: {train_iters: 10, patch_fraction: 2/3}\n")
+    cfg = parse_config(["--config", str(path), "--lr", "1e-3", "--patch-size", "4", "--fp32",
+                        "--use-distributed-optimizer", "--data-path", "0.3", "A", "0.7", "B", "--seed", "5"])
+    assert (cfg.model.num_layers, cfg.model.hidden_size) == (2, 64)
+    assert cfg.optim.lr == 1e-3 and cfg.optim.min_lr == 3e-5  # flag > YAML > default
+    assert cfg.train.patch_fraction == pytest.approx(2 / 3) and cfg.train.patch_size == 4
+    assert cfg.train.bf16 is False and cfg.optim.use_distributed_optimizer is True
+    assert cfg.data.data_path == ["0.3", "A", "0.7", "B"] and cfg.train.seed == 5
+    assert to_dict(cfg)["model"] == {"preset": "tiny", "num_layers": 2}
+    for flag, (section, name) in FLAGS.items():  # every flag names a real field
+        assert name in (to_dict(cfg)[section] if section != "model" else {**vars(cfg.model), "preset": 0}), flag
+
+
+@pytest.mark.parametrize("yaml_text,flags,message", [
+    ("optim: {lrr: 1}", [], "unknown key 'lrr'"),
+    ("trian: {}", [], "unknown config section"),
+    ("", ["--lr", "fast"], "cannot read 'fast'"),
+    ("", [], "exactly one budget"),
+    ("", ["--train-iters", "10", "--train-tokens", "100"], "exactly one budget"),
+    ("", ["--train-iters", "10", "--global-batch-size", "6", "--micro-batch-size", "4"], "not a multiple"),
+    ("", ["--train-iters", "10", "--patch-size", "4", "--patch-seq-length", "30"], "use e.g. 28"),
+    ("", ["--train-iters", "10", "--patch-fraction", "1.5"], "[0, 1]"),
+    ("", ["--train-iters", "10", "--stage", "patch"], "--patch-size > 1"),
+    ("", ["--train-iters", "10", "--min-lr", "1", "--lr", "0.1"], "--min-lr"),
+])
+def test_config_errors_say_the_fix(tmp_path, yaml_text, flags, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check(parse_config(["--config", str(path), *DATA, *flags]))
+
+
+def test_stage_plan_budget():
+    base = [*DATA, "--seq-length", "64", "--global-batch-size", "8", "--micro-batch-size", "1",
+            "--lr-warmup-iters", "1", "--model", "tiny"]
+    cfg = parse_config([*base, "--train-iters", "30", "--patch-size", "4", "--patch-fraction", "2/3"])
+    patch, token = plan_stages(cfg, 2)
+    assert (patch.name, patch.patch_size, patch.train_iters, token.train_iters) == ("patch", 4, 20, 10)
+    assert (patch.seq_length, patch.positions, patch.global_batch_size) == (256, 64, 2)  # K*seq, gbs/K
+    assert patch.train_range == (0.0, pytest.approx(2 / 3)) and token.train_range == (pytest.approx(2 / 3), 1.0)
+    # same_sequences: K x the tokens per step, so K x fewer steps cover the same data.
+    cfg = parse_config([*base, "--train-iters", "30", "--patch-size", "4", "--patch-fraction", "2/3",
+                        "--patch-batch-policy", "same_sequences"])
+    patch, token = plan_stages(cfg, 2)
+    assert (patch.global_batch_size, patch.train_iters, token.train_iters) == (8, 5, 10)
+    # --train-tokens: N = ceil(tokens / (gbs * seq)); K = 1 or lambda = 0 is one token stage.
+    cfg = parse_config([*base, "--train-tokens", "5000"])
+    (only,) = plan_stages(cfg, 2)
+    assert (only.name, only.train_iters, only.train_range) == ("token", 10, (0.0, 1.0))
+    with pytest.raises(ValueError, match="micro_batch_size x data-parallel"):
+        plan_stages(parse_config([*base, "--train-iters", "30", "--patch-size", "8",
+                                  "--patch-fraction", "0.5"]), 2)
+
+
+def test_flops_account_matches_the_ideal_ratio():
+    cfg = parse_config([*DATA, "--config", os.path.join(ROOT, "examples", "configs", "370m.yaml")])
+    patch, token = plan_stages(cfg, 8)
+    total = patch.train_iters * flops_per_step(cfg.model, patch) + token.train_iters * flops_per_step(cfg.model, token)
+    tokens = patch.train_iters * patch.tokens_per_step + token.train_iters * token.tokens_per_step
+    ratio = total / token_only_flops(cfg.model, tokens, cfg.train.seq_length)
+    assert ratio == pytest.approx(2 / 3 / 4 + 1 / 3, rel=1e-3)  # same T per position in both stages
