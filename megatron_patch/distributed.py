@@ -5,18 +5,11 @@ with CUDA it uses NCCL and one GPU per local rank. A plain `python script.py` (n
 runs as a world of one.
 """
 import os
-import socket
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
 from megatron_patch.compat import enable_cpu
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def initialize(parallel, seed: int = 1234, timeout_minutes: int = 10) -> None:
@@ -27,15 +20,20 @@ def initialize(parallel, seed: int = 1234, timeout_minutes: int = 10) -> None:
     if not on_gpu:
         enable_cpu()
     if not torch.distributed.is_initialized():
-        if "RANK" not in os.environ:  # not launched by torchrun: a world of one
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        backend = "nccl" if on_gpu else "gloo"
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         if on_gpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        torch.distributed.init_process_group(
-            backend="nccl" if on_gpu else "gloo",
-            timeout=datetime.timedelta(minutes=timeout_minutes),
-        )
+        if "RANK" not in os.environ:
+            # Not launched by torchrun: a world of one with an in-process store (no TCP port
+            # to pick, so concurrent single-process runs cannot collide).
+            os.environ.setdefault("LOCAL_RANK", "0")
+            torch.distributed.init_process_group(
+                backend=backend, store=torch.distributed.HashStore(), rank=0, world_size=1,
+                timeout=timeout,
+            )
+        else:
+            torch.distributed.init_process_group(backend=backend, timeout=timeout)
     world = torch.distributed.get_world_size()
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     if world % (tp * pp):

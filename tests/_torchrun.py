@@ -1,30 +1,25 @@
 """Launch a worker script under torchrun (gloo, CPU) and read back the JSON its rank 0 wrote.
 
 Workers live in tests/distributed/ and write their results with `write_result(obj)` to the path
-in $RESULT_JSON. One launch per scenario: a launch costs seconds, a step milliseconds.
+in $RESULT_JSON. One launch per scenario: a launch costs seconds, a step milliseconds. `--standalone` lets
+torchrun bind its own free port, so concurrent launches cannot collide.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(script: str, nproc: int, args=(), tmp_path=None, timeout: int = 600, env=None) -> dict:
     """Run tests/distributed/<script> on `nproc` processes; return rank 0's JSON result."""
-    out = Path(tmp_path or "/tmp") / f"result_{os.getpid()}_{_free_port()}.json"
+    out = Path(tempfile.mkdtemp(prefix="result_", dir=tmp_path)) / "result.json"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-        f"--master_port={_free_port()}", str(ROOT / "tests" / "distributed" / script), *map(str, args),
+        "--standalone", str(ROOT / "tests" / "distributed" / script), *map(str, args),
     ]
     full_env = dict(os.environ, RESULT_JSON=str(out), OMP_NUM_THREADS="1",
                     PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from tests._data_helpers import synthetic_documents, tiny_tokenizer
-from tests._torchrun import _free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -65,7 +64,7 @@ def tool(name: str, *args, nproc: int = 0, timeout: int = 600) -> subprocess.Com
     """Run tools/<name> with python (nproc=0) or under torchrun with nproc processes."""
     if nproc:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                    f"--master_port={_free_port()}"]
+                    "--standalone"]
     else:
         launcher = [sys.executable]
     return run_cmd([*launcher, ROOT / "tools" / name, *args], timeout=timeout)
