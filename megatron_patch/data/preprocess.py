@@ -27,7 +27,7 @@ from megatron_patch.data.text_input import InputError, expand_inputs, iter_chunk
 from megatron_patch.data.tokenizer import load_tokenizer
 
 CHUNK_BYTES = 1 << 18  # small enough that the last chunks do not leave workers idle for long
-IN_FLIGHT_PER_WORKER = 3  # enough to keep workers busy while the writer drains results
+IN_FLIGHT_PER_WORKER = 8  # chunks queued per worker: covers a slow chunk (one huge document) at the head
 
 
 @dataclass
