@@ -195,37 +195,50 @@ def bench_preprocess(args: argparse.Namespace, rows: list[str]) -> None:
           f"{tokenizer} ({sp.get_piece_size()} pieces)", file=sys.stderr)
 
     rows += ["", f"Preprocessing {text_bytes / 1e6:.0f} MB of text ({len(texts):,} documents, "
-             f"Python stdlib source), {sp.get_piece_size()}-piece BPE; best of {args.repeats}; "
-             "MB/s of document text", "",
+             f"Python stdlib source), {sp.get_piece_size()}-piece BPE; {args.repeats} repeats: best "
+             "times, median of back-to-back ratios; MB/s of document text", "",
              "| workers | what | wall s | MB/s | tokens/s | rate vs raw | CPU s | CPU vs raw | peak RSS |",
              "|---|---|---|---|---|---|---|---|---|"]
     for workers in args.workers:
-        raw_runs, our_runs, mlm_runs, tokens = [], [], [], 0
-        for _ in range(args.repeats):
+        runs: dict[str, list[Run]] = {"raw": [], "ours": [], "megatron": []}
+        tokens = 0
+
+        def raw() -> None:
+            nonlocal tokens
             start, cpu = time.perf_counter(), time.process_time()
             ids = sp.encode(texts, out_type="numpy", num_threads=workers)
-            raw_runs.append(Run(time.perf_counter() - start, time.process_time() - cpu))
+            runs["raw"].append(Run(time.perf_counter() - start, time.process_time() - cpu))
             tokens = sum(a.size for a in ids)
-            del ids
+
+        def ours() -> None:
             out = os.path.join(args.work_dir, f"ours_w{workers}")
-            our_runs.append(run_tree(ours_cmd(corpus_path, out, tokenizer, workers), env))
-            assert idx_tokens(out + "_text_document") == tokens, "token counts differ from raw"
-            if args.megatron_lm:
-                out = os.path.join(args.work_dir, f"megatron_w{workers}")
-                cmd = megatron_cmd(args.megatron_lm, corpus_path, out, tokenizer, workers)
-                mlm_runs.append(run_tree(cmd, mlm_env))
-        entries = [("sentencepiece raw encode (in memory, threads)", raw_runs, False)]
-        for name, runs in (("megatron-patch", our_runs), ("Megatron-LM", mlm_runs)):
-            if runs:
-                entries.append((f"{name} preprocess_data.py (end to end)", runs, True))
-        raw_wall = min(r.seconds for r in raw_runs)
-        raw_cpu = min(r.cpu_seconds for r in raw_runs)
-        for name, runs, has_rss in entries:
-            wall, cpu = min(r.seconds for r in runs), min(r.cpu_seconds for r in runs)
-            rss = f"{max(r.peak_rss for r in runs) / 2**20:.0f} MiB" if has_rss else ""
+            runs["ours"].append(run_tree(ours_cmd(corpus_path, out, tokenizer, workers), env))
+
+        def megatron() -> None:
+            out = os.path.join(args.work_dir, f"megatron_w{workers}")
+            cmd = megatron_cmd(args.megatron_lm, corpus_path, out, tokenizer, workers)
+            runs["megatron"].append(run_tree(cmd, mlm_env))
+
+        order = [raw, ours] + ([megatron] if args.megatron_lm else [])
+        for repeat in range(args.repeats):
+            # Alternate the order so that a machine getting faster or slower favours no one.
+            for step in (order if repeat % 2 == 0 else order[::-1]):
+                step()
+        assert idx_tokens(os.path.join(args.work_dir, f"ours_w{workers}_text_document")) == tokens, \
+            "token counts differ from sentencepiece's"
+        entries = [("sentencepiece raw encode (in memory, threads)", "raw", False),
+                   ("megatron-patch preprocess_data.py (end to end)", "ours", True)]
+        if args.megatron_lm:
+            entries.append(("Megatron-LM preprocess_data.py (end to end)", "megatron", True))
+        for name, key, has_rss in entries:
+            wall = min(r.seconds for r in runs[key])
+            cpu = min(r.cpu_seconds for r in runs[key])
+            # Ratios pair runs of the same repeat (taken back to back), then take the median.
+            rate = np.median([a.seconds / b.seconds for a, b in zip(runs["raw"], runs[key])])
+            cpu_ratio = np.median([a.cpu_seconds / b.cpu_seconds for a, b in zip(runs["raw"], runs[key])])
+            rss = f"{max(r.peak_rss for r in runs[key]) / 2**20:.0f} MiB" if has_rss else ""
             rows.append(f"| {workers} | {name} | {wall:.1f} | {text_bytes / 1e6 / wall:.2f} | "
-                        f"{tokens / wall / 1e6:.2f}M | {raw_wall / wall:.0%} | {cpu:.1f} | "
-                        f"{raw_cpu / cpu:.0%} | {rss} |")
+                        f"{tokens / wall / 1e6:.2f}M | {rate:.0%} | {cpu:.1f} | {cpu_ratio:.0%} | {rss} |")
         print("\n".join(rows[-len(entries):]), file=sys.stderr)
 
     if args.memory_corpus_mb > 0:
