@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export PATH="$PWD/.venv/bin:$PATH"   # tools the tests call (torchrun, shellcheck) come from the venv
 exec .venv/bin/python -m pytest -q --durations=15 tests "$@"
