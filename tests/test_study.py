@@ -40,6 +40,19 @@ def test_grid_names_order_and_budgets():
                                   "4000000", "--patch-batch-policy", "same_tokens"]
 
 
+def test_star_design_varies_one_axis_at_a_time():
+    specs = build_grid(1_000_000, [4, 2, 8], [2 / 3, 1 / 4, 1 / 2, 4 / 5],
+                       ["same_tokens", "same_sequences"], [1.0, 0.5], design="star")
+    assert [s.name for s in specs] == [
+        "token-1.0x", "token-0.5x",
+        "K4-lam0.6667-same_tokens", "K4-lam0.6667-same_sequences",  # the centre under every policy
+        "K2-lam0.6667-same_tokens", "K8-lam0.6667-same_tokens",      # K at the centre's lambda
+        "K4-lam0.25-same_tokens", "K4-lam0.5-same_tokens", "K4-lam0.8-same_tokens",  # lambda at K=4
+    ]
+    with pytest.raises(ValueError, match="--design"):
+        build_grid(1000, [4], [0.5], design="diagonal")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(patch_sizes=[1]), "K=1 is token-level"),
     (dict(patch_fractions=[0.0]), r"\(0, 1\]"),

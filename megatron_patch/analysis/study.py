@@ -1,7 +1,7 @@
 """The study grid: which two-stage runs to make and the tools/pretrain.py command of each.
 
 A grid is the cross product of patch sizes K, patch fractions lambda and patch-stage batch
-policies at one token budget B, plus token-only controls at fractions of B (1.0x: the same
+policies at one token budget B (or, with design "star", one axis at a time around a centre), plus token-only controls at fractions of B (1.0x: the same
 data; 0.5x: the compute of K=4, lambda=2/3). Every run trains on the same corpus, tokenizer,
 model and flags, so the trainer's token-level validation uses the same held-out split for all.
 
@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import List, Optional, Sequence
 
 POLICIES = ("same_tokens", "same_sequences")
+DESIGNS = ("cross", "star")
 TRACKER = "latest_checkpointed_iteration.txt"
 RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # Flags the driver sets per run; passing them through would make runs disagree with the table.
@@ -90,8 +91,18 @@ def build_grid(
     patch_fractions: Sequence[float],
     policies: Sequence[str] = ("same_tokens",),
     controls: Sequence[float] = (1.0, 0.5),
+    design: str = "cross",
 ) -> List[RunSpec]:
-    """Controls first (largest budget first), then K x lambda x policy in the order given."""
+    """Controls first (largest budget first), then the patch runs.
+
+    design="cross": every K x lambda x policy, in the order given.
+    design="star": one axis at a time around a centre made of the first K, the first lambda and
+    the first policy: the centre under every policy, then every other K at the centre's lambda,
+    then every other lambda at the centre's K (both with the first policy). Nine runs instead of
+    24 for 3 K, 4 lambda, 2 policies and 2 controls.
+    """
+    if design not in DESIGNS:
+        raise ValueError(f"--design must be one of {DESIGNS}, got {design!r}")
     if train_tokens < 1:
         raise ValueError(f"--train-tokens must be >= 1, got {train_tokens}")
     bad = [k for k in patch_sizes if not isinstance(k, int) or k < 2]
@@ -113,11 +124,16 @@ def build_grid(
     for frac in sorted(set(controls), reverse=True):
         tokens = max(1, round(train_tokens * frac))
         specs.append(RunSpec(f"token-{_short(frac)}x", "token", 1, 0.0, None, tokens, frac))
-    for K in patch_sizes:
-        for lam in patch_fractions:
-            for policy in policies:
-                specs.append(RunSpec(f"K{K}-lam{_short(lam)}-{policy}", "patch", K, lam, policy,
-                                     train_tokens))
+    def patch_run(K, lam, policy):
+        return RunSpec(f"K{K}-lam{_short(lam)}-{policy}", "patch", K, lam, policy, train_tokens)
+
+    if design == "cross":
+        specs += [patch_run(K, lam, p) for K in patch_sizes for lam in patch_fractions for p in policies]
+    elif patch_sizes and patch_fractions and policies:
+        K0, lam0, p0 = patch_sizes[0], patch_fractions[0], policies[0]
+        specs += [patch_run(K0, lam0, p) for p in policies]
+        specs += [patch_run(K, lam0, p0) for K in patch_sizes[1:]]
+        specs += [patch_run(K0, lam, p0) for lam in patch_fractions[1:]]
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
