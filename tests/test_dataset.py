@@ -201,10 +201,19 @@ def test_rank0_builds_cache_other_ranks_only_memory_map(corpus, tmp_path, monkey
     import megatron_patch.data.cache as cache
 
     prefix, _ = corpus
-    rank, barriers = [1], []
+    rank, barriers, sent = [1], [], [None]
     monkeypatch.setattr(cache, "_distributed", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: rank[0])
-    monkeypatch.setattr(torch.distributed, "barrier", lambda: barriers.append(rank[0]))
+
+    def broadcast_object_list(objects, src):  # rank 0 sends its build outcome, the others receive it
+        assert src == 0
+        barriers.append(rank[0])
+        if rank[0] == 0:
+            sent[0] = objects[0]
+        else:
+            objects[0] = sent[0]
+
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", broadcast_object_list)
     args = ([prefix], SPLIT, 4, 32, (64, 8, 0), 3)
     kwargs = dict(cache_dir=str(tmp_path / "cache"))
     real_build = builder.build_stream_indices
@@ -225,6 +234,23 @@ def test_rank0_builds_cache_other_ranks_only_memory_map(corpus, tmp_path, monkey
     assert isinstance(train1.indices.shuffle_index, np.memmap)
     for a, b in ((train0, train1), (valid0, valid1)):
         assert all(torch.equal(a[i]["tokens"], b[i]["tokens"]) for i in range(len(a)))
+
+    # Rank 0 failing to build tells the others (who would otherwise wait at the barrier until
+    # the process-group timeout) and raises its own error.
+    def broken_build(*a, **k):
+        raise MemoryError("out of memory building the index")
+
+    kwargs["cache_dir"] = str(tmp_path / "cache2")
+    rank[0] = 0
+    monkeypatch.setattr(builder, "build_stream_indices", broken_build)
+    with pytest.raises(MemoryError, match="out of memory"):
+        builder.build_train_valid_test_datasets(*args, **kwargs)
+    assert sent[0] == "MemoryError: out of memory building the index"
+    rank[0] = 1
+    monkeypatch.setattr(builder, "build_stream_indices", must_not_build)
+    with pytest.raises(RuntimeError, match="rank 0 failed to build the index cache.*out of memory"):
+        builder.build_train_valid_test_datasets(*args, **kwargs)
+    assert not list((tmp_path / "cache2").glob("*.tmp-*"))
 
 
 def test_k1_weighted_blend_equals_megatron_core(tmp_path):

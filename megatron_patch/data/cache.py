@@ -34,18 +34,20 @@ def cached_arrays(cache_dir: str, description: dict, names: tuple[str, ...],
     kind = description.get("kind", "index")
     paths = {name: os.path.join(cache_dir, f"{key}-{kind}-{name}.npy") for name in names}
     building = not _distributed() or torch.distributed.get_rank() == 0
+    failure = None
     if building and not all(os.path.isfile(p) for p in paths.values()):
-        arrays = build()
-        os.makedirs(cache_dir, exist_ok=True)
-        for name, path in paths.items():
-            # Written under a temporary name and renamed: a reader never sees half a file.
-            tmp = f"{path}.tmp-{os.getpid()}.npy"
-            np.save(tmp, np.asarray(arrays[name]), allow_pickle=False)
-            os.replace(tmp, path)
-        with open(os.path.join(cache_dir, f"{key}-{kind}-description.json"), "w") as f:
-            f.write(text + "\n")
+        try:
+            _build_and_save(cache_dir, key, kind, text, paths, build)
+        except BaseException as err:  # tell the other ranks before raising, or they wait forever
+            failure = err
     if _distributed():
-        torch.distributed.barrier()
+        # Also the barrier: the others wait here until rank 0 has saved (or failed).
+        message = [f"{type(failure).__name__}: {failure}" if failure is not None else None]
+        torch.distributed.broadcast_object_list(message, src=0)
+        if failure is None and message[0] is not None:
+            raise RuntimeError(f"rank 0 failed to build the index cache in {cache_dir}: {message[0]}")
+    if failure is not None:
+        raise failure
     missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
         raise RuntimeError(
@@ -53,3 +55,20 @@ def cached_arrays(cache_dir: str, description: dict, names: tuple[str, ...],
             "must be on a filesystem that every rank sees (set cache_dir)"
         )
     return {name: np.load(path, mmap_mode="r", allow_pickle=False) for name, path in paths.items()}
+
+
+def _build_and_save(cache_dir: str, key: str, kind: str, text: str, paths: dict[str, str],
+                    build: Callable[[], dict[str, np.ndarray]]) -> None:
+    arrays = build()
+    os.makedirs(cache_dir, exist_ok=True)
+    for name, path in paths.items():
+        # Written under a temporary name and renamed: a reader never sees half a file.
+        tmp = f"{path}.tmp-{os.getpid()}.npy"
+        try:
+            np.save(tmp, np.asarray(arrays[name]), allow_pickle=False)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    with open(os.path.join(cache_dir, f"{key}-{kind}-description.json"), "w") as f:
+        f.write(text + "\n")
