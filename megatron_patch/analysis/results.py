@@ -40,6 +40,8 @@ COLUMNS = [
     ("delta_vs_full", "dloss vs token 1.0x", "{:+.4f}"),
     ("equal_compute_control", "equal-compute control", "{}"),
     ("delta_vs_equal_compute", "dloss vs it", "{:+.4f}"),
+    ("ppl_vs_equal_compute", "ppl vs it", "{:+.1%}"),
+    ("patch_stage_val_loss", "val loss after patch stage", "{:.4f}"),
     ("wall_s", "train wall s", "{:.1f}"),
 ]
 
@@ -118,7 +120,14 @@ def run_row(spec: RunSpec, run_dir: str) -> dict:
         "final_val_loss": loss,
         "final_val_ppl": ppl,
         "wall_s": sum(float(s.get("wall_s", 0.0)) for s in c["stages"]),
+        "patch_stage_val_loss": _last_patch_stage_eval(run_dir),
     }
+
+
+def _last_patch_stage_eval(run_dir: str) -> Optional[float]:
+    """Token-level validation loss of the model at the end of its patch stage (None: no patch stage)."""
+    points = [p for p in eval_curve(run_dir) if p["stage"] == "patch"]
+    return points[-1]["val_loss"] if points else None
 
 
 def collect(specs: Sequence[RunSpec], runs_dir: str) -> List[dict]:
@@ -164,6 +173,8 @@ def add_comparisons(rows: List[dict]) -> None:
             best = min(others, key=lambda c: abs(math.log(c["total_flops"] / r["total_flops"])))
             r["equal_compute_control"] = best["name"]
             r["delta_vs_equal_compute"] = loss - best["final_val_loss"]
+            # The issue's yardstick: validation perplexity relative to the control (-5% = 5% better).
+            r["ppl_vs_equal_compute"] = math.exp(r["delta_vs_equal_compute"]) - 1.0
 
 
 def _fmt(value, fmt: str) -> str:
