@@ -10,7 +10,7 @@
 #      skipped with a note when it is not installed; see examples/lm_eval/)
 #
 #   bash examples/study_cpu.sh
-# Knobs (environment): OUT (runs/study), DATA_DIR (data/study), BUDGET (1.6M tokens), LIMIT (50),
+# Knobs (environment): OUT (runs/study), DATA_DIR (data/study), BUDGET (1.6M tokens), LIMIT (200),
 # SETUP=0 (use the existing .venv as it is). Rerunning resumes: finished runs are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/study}
 DATA_DIR=${DATA_DIR:-data/study}
 BUDGET=${BUDGET:-1.6M}
-LIMIT=${LIMIT:-50}
+LIMIT=${LIMIT:-200}
 CENTRE=K4-lam0.6667-same_tokens
 
 t0=$SECONDS

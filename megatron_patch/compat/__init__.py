@@ -4,10 +4,14 @@
   tensor/pipeline/data-parallel tests run in CI. A no-op when CUDA is available.
 - `fix_torch_adam_distrib_optimizer()`: repairs DistributedOptimizer checkpoint loading with
   plain `torch.optim.AdamW` (always the case without TE/Apex, on CPU or GPU).
+- `use_in_process_results_queue()`: synchronous dist_checkpointing saves without the spawned
+  multiprocessing Manager megatron-core starts for them (about 1 s per save).
 
 Everything that patches megatron-core or torch lives in this package and nowhere else.
 """
 from megatron_patch.compat.cpu import cpu_compat_active, enable_cpu
+from megatron_patch.compat.checkpoint_queue import use_in_process_results_queue
 from megatron_patch.compat.distrib_optimizer import fix_torch_adam_distrib_optimizer
 
-__all__ = ["enable_cpu", "cpu_compat_active", "fix_torch_adam_distrib_optimizer"]
+__all__ = ["enable_cpu", "cpu_compat_active", "fix_torch_adam_distrib_optimizer",
+           "use_in_process_results_queue"]

@@ -24,6 +24,7 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_patch.compat import use_in_process_results_queue
 from megatron_patch.training.config import RunConfig, config_from_dict, load_yaml, to_yaml
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -192,23 +193,6 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _in_process_results_queue() -> None:
-    """Let synchronous saves skip megatron-core's multiprocessing Manager.
-
-    dist_checkpointing's torch_dist writer hands its write results through a queue made by a
-    *spawned* `multiprocessing.Manager` (a second Python interpreter that imports this program),
-    even for synchronous saves, where producer and consumer are this very process. That costs
-    ~1 s per save on a small machine. We only ever save synchronously, so a plain in-process
-    queue carries the results; async saves (not used here) would need the original.
-    """
-    import queue
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = queue.Queue()
-
-
 def save_checkpoint(
     ckpt_dir: str,
     cfg: RunConfig,
@@ -235,7 +219,7 @@ def save_checkpoint(
         sd["train_state"] = train_state.to_dict()
         sd["stage"] = stage.to_dict()
         sd["layout"] = layout()
-    _in_process_results_queue()
+    use_in_process_results_queue()  # synchronous save: no spawned Manager (compat/)
     dist_checkpointing.save(sd, path, sharded_strategy=("torch_dist", 1))
     if _rank0():
         _write_atomic(os.path.join(path, CONFIG_FILE), to_yaml(cfg))
