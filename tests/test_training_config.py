@@ -18,15 +18,20 @@ DATA = ["--data-path", "corpus_text_document", "--tokenizer-model", "tok.model"]
 
 def test_every_example_config_validates():
     names = {os.path.basename(p) for p in CONFIGS}
-    assert {"370m.yaml", "780m.yaml", "1_3b.yaml", "2_7b.yaml", "cpu_demo.yaml"} <= names
+    assert {"370m.yaml", "780m.yaml", "1_3b.yaml", "2_7b.yaml", "cpu_demo.yaml", "study_cpu.yaml"} <= names
     for path in CONFIGS:
-        cfg = parse_config(["--config", path, *DATA])
-        check(cfg)
-        world = 2 if cfg.model_preset.startswith("cpu") else 64
-        dp = world // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
-        stages = plan_stages(cfg, dp)
-        assert stages and stages[-1].name == "token"
-        assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg, path  # the resolved config round-trips
+        # study_cpu.yaml has no budget or K: tools/study.py passes them per run (each K of the study).
+        runs = ([["--train-tokens", "1600000", "--patch-size", str(k), "--patch-fraction", "0.6667"]
+                 for k in (2, 4, 8)] if os.path.basename(path) == "study_cpu.yaml" else [[]])
+        for extra in runs:
+            cfg = parse_config(["--config", path, *DATA, *extra])
+            check(cfg)
+            # The study runs one process (tools/study.py --launcher python); the demo two.
+            world = 1 if extra else 2 if cfg.model_preset.startswith("cpu") else 64
+            dp = world // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
+            stages = plan_stages(cfg, dp)
+            assert stages and stages[-1].name == "token"
+            assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg, path  # the resolved config round-trips
 
 
 @pytest.mark.parametrize("name,hidden,layers", [("370m", 1024, 24), ("780m", 1536, 24),
