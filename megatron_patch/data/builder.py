@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from megatron_patch.data.cache import cached_arrays
 from megatron_patch.data.dataset import BlendedPatchDataset, PatchDataset
+from megatron_patch.data.paths import check_prefix, parse_blend
 from megatron_patch.data.sample_index import num_samples_in, stream_lengths
 from megatron_patch.data.stream import Segments, StreamIndices, build_stream_indices, select_segments
 
@@ -34,34 +35,8 @@ SPLIT_NAMES = ("train", "valid", "test")
 BLEND_SURPLUS = 0.005  # megatron-core's mid_level_dataset_surplus
 
 
-def parse_blend(data_path: Sequence[str]) -> tuple[list[str], Optional[list[float]]]:
-    """["A"] / ["A", "B"] -> prefixes, None; ["0.7", "A", "0.3", "B"] -> prefixes, normalised weights."""
-    items = [str(p).strip() for p in data_path]
-    if not items:
-        raise ValueError("--data-path is empty: give a prefix, or weight prefix pairs")
-    weights = None
-    if len(items) % 2 == 0:
-        try:
-            weights = [float(w) for w in items[0::2]]
-        except ValueError:
-            weights = None
-    if weights is None:
-        return items, None
-    prefixes = items[1::2]
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"--data-path weights must be >= 0 with a positive sum, got {weights}")
-    total = sum(weights)
-    return prefixes, [w / total for w in weights]
-
-
 def _open(prefix: str) -> IndexedDataset:
-    missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
-    if missing:
-        raise ValueError(
-            f"data prefix {prefix!r}: {' and '.join(missing)} not found. --data-path takes the "
-            "prefix without .bin/.idx (e.g. data/corpus_text_document, as written by "
-            "tools/preprocess_data.py); check the path and that preprocessing finished"
-        )
+    check_prefix(prefix)
     return IndexedDataset(prefix, mmap=True)
 
 
