@@ -5,60 +5,115 @@ untied embeddings by default). `ParallelConfig` is the layout. `validate_for` ch
 together with a patch size and sequence length and raises ValueError with the fix.
 """
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from megatron_patch.flags import HIDDEN, flag, flags
+
 
 @dataclass
 class ModelConfig:
-    """Architecture of a LLaMA-style GPT."""
+    """Architecture of a LLaMA-style GPT (RMSNorm pre-norm, SwiGLU, RoPE, no biases)."""
 
     num_layers: int
-    """Transformer layers."""
+    """Number of transformer layers."""
     hidden_size: int
-    """Model width h."""
-    ffn_hidden_size: int
-    """SwiGLU inner width."""
+    """Transformer hidden size h."""
     num_attention_heads: int
-    """Query heads; must divide hidden_size."""
+    """Number of attention (query) heads; must divide hidden_size."""
+    ffn_hidden_size: Optional[int] = None
+    """SwiGLU inner width (None: Megatron-LM's SwiGLU default, 8h/3 rounded down to a multiple of 64)."""
+    group_query_attention: bool = False
+    """Use grouped-query attention with --num-query-groups key/value heads."""
     num_query_groups: Optional[int] = None
-    """Key/value heads for grouped-query attention (None = multi-head attention)."""
-    vocab_size: int = 32000
-    """Tokenizer vocabulary; padded up for TP by make_vocab_size_divisible_by."""
+    """Key/value heads of grouped-query attention (None: one per attention head)."""
+    vocab_size: int = field(default=32000, metadata=HIDDEN)
+    """Tokenizer vocabulary (set from the tokenizer); padded up for TP by make_vocab_size_divisible_by."""
     make_vocab_size_divisible_by: int = 128
-    """Pad the vocabulary to a multiple of this times TP (Megatron's default is 128)."""
-    max_seq_length: int = 8192
-    """Longest sample in tokens (T*K); the paper's patch context is 2048 patches = 8192 tokens at K=4."""
-    tie_embeddings: bool = False
-    """Share input embedding and output layer weights (the paper unties them)."""
-    rotary_base: int = 10000
-    """RoPE base."""
+    """Pad the vocabulary to a multiple of this times the tensor-parallel size."""
+    max_position_embeddings: Optional[int] = None
+    """Longest sequence in transformer positions: tokens in the token stage, patches (T, not T*K) in
+    the patch stage. None: the longest stage's positions."""
+    position_embedding_type: str = field(default="rope", metadata=flag(
+        "--position-embedding-type", choices=("rope",)))
+    """Position embedding; rotary embeddings over position indices 0..T-1 (patch indices in the patch stage)."""
+    rotary_base: float = 10000.0
+    """RoPE base (Hugging Face: rope_theta)."""
+    normalization: str = field(default="RMSNorm", metadata=flag("--normalization", choices=("RMSNorm",)))
+    """Normalization layer."""
     norm_epsilon: float = 1e-5
     """RMSNorm epsilon."""
+    swiglu: bool = field(default=True, metadata=flag("--swiglu", choices=(True,)))
+    """SwiGLU feed-forward (the only supported MLP)."""
+    add_bias_linear: bool = field(default=False, metadata=flag(
+        "--disable-bias-linear", const=False, choices=(False,)))
+    """Biases in linear layers (not supported: LLaMA-style layers have none)."""
+    tie_embeddings: bool = field(default=False, metadata=flags(
+        flag("--untie-embeddings-and-output-weights", const=False), flag("--tie-embeddings", const=True)))
+    """Share the input embedding and the output layer. The paper unties them, and so does this
+    default (Megatron-LM's default ties them)."""
     init_method_std: float = 0.02
-    """Std of the normal weight initialisation."""
-    transformer_impl: str = "auto"
-    """Layer implementation: "auto" (TE if it imports, else "sdpa"), "te", "sdpa", "local"; see megatron_patch.layers."""
+    """Standard deviation of the normal weight initialisation."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities (the paper: none)."""
+    hidden_dropout: float = 0.0
+    """Dropout on the residual branches (the paper: none)."""
+    transformer_impl: str = field(default="auto", metadata=flag(
+        "--transformer-impl", choices=("auto", "te", "transformer_engine", "sdpa", "local")))
+    """Layer implementation: auto (te when Transformer Engine imports, else sdpa), te (=
+    transformer_engine), sdpa (PyTorch scaled_dot_product_attention), local (megatron-core's
+    unfused local spec)."""
+    use_flash_attn: bool = False
+    """Require flash attention kernels (te and sdpa use them; local cannot)."""
+    recompute_granularity: Optional[str] = field(default=None, metadata=flags(
+        flag("--recompute-granularity"), flag("--recompute-activations", const="selective"),
+        choices=("full", "selective")))
+    """Activation recomputation: selective (attention core) or full (whole layers, see --recompute-method)."""
+    recompute_method: Optional[str] = field(default=None, metadata=flag(
+        "--recompute-method", choices=("uniform", "block")))
+    """With full recomputation: uniform (groups of --recompute-num-layers) or block (the first N layers)."""
+    recompute_num_layers: Optional[int] = None
+    """With full recomputation: layers per group (uniform) or recomputed layers (block)."""
 
     def __post_init__(self):
+        if self.transformer_impl == "transformer_engine":
+            self.transformer_impl = "te"
+        if self.ffn_hidden_size is None and isinstance(self.hidden_size, int):
+            self.ffn_hidden_size = int(4 * self.hidden_size * 2 / 3) // 64 * 64
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} does not divide "
-                f"hidden_size={self.hidden_size}; pick a head count that divides the width"
+                f"--num-attention-heads {self.num_attention_heads} does not divide "
+                f"--hidden-size {self.hidden_size}; pick a head count that divides the width"
             )
+        if self.group_query_attention and self.num_query_groups is None:
+            raise ValueError("--group-query-attention needs --num-query-groups N")
         groups = self.num_query_groups or self.num_attention_heads
-        if self.num_attention_heads % groups:
+        if groups < 1 or self.num_attention_heads % groups:
             raise ValueError(
-                f"num_query_groups={groups} must divide num_attention_heads={self.num_attention_heads}"
+                f"--num-query-groups {groups} must divide --num-attention-heads {self.num_attention_heads}"
             )
         if self.make_vocab_size_divisible_by < 1:
-            raise ValueError("make_vocab_size_divisible_by must be >= 1 (1 = no padding)")
+            raise ValueError("--make-vocab-size-divisible-by must be >= 1 (1 = no padding)")
+        if self.max_position_embeddings is not None and self.max_position_embeddings < 1:
+            raise ValueError("--max-position-embeddings must be >= 1")
+        for name in ("attention_dropout", "hidden_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if not (self.init_method_std > 0 and self.norm_epsilon > 0 and self.rotary_base > 0):
+            raise ValueError("--init-method-std, --norm-epsilon and --rotary-base must be positive")
+        if self.use_flash_attn and self.transformer_impl == "local":
+            raise ValueError("--use-flash-attn: the local layer spec has no flash attention; use "
+                             "--transformer-impl sdpa (PyTorch's flash kernels) or transformer_engine")
+        if self.recompute_granularity == "full" and (self.recompute_method is None
+                                                     or not self.recompute_num_layers):
+            raise ValueError("--recompute-granularity full needs --recompute-method uniform|block "
+                             "and --recompute-num-layers N")
 
     def padded_vocab_size(self, tp: int = 1) -> int:
         """Vocabulary rounded up to a multiple of make_vocab_size_divisible_by * TP (as Megatron does)."""
@@ -77,6 +132,8 @@ class ModelConfig:
         """The megatron-core TransformerConfig for this architecture and layout."""
         from megatron.core.transformer.transformer_config import TransformerConfig
 
+        from megatron_patch.layers.spec import kernel_fusions
+
         bf16 = params_dtype == torch.bfloat16
         return TransformerConfig(
             num_layers=self.num_layers,
@@ -91,8 +148,8 @@ class ModelConfig:
             activation_func=F.silu,
             add_bias_linear=False,
             add_qkv_bias=False,
-            hidden_dropout=0.0,
-            attention_dropout=0.0,
+            hidden_dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout,
             init_method_std=self.init_method_std,
             tensor_model_parallel_size=parallel.tensor_model_parallel_size,
             pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
@@ -103,14 +160,12 @@ class ModelConfig:
             bf16=bf16,
             autocast_dtype=params_dtype if bf16 else None,
             use_cpu_initialization=parallel.use_cpu_initialization,
-            # Fusions that need CUDA kernels or apex; the unfused paths are exact.
-            bias_activation_fusion=False,
-            bias_dropout_fusion=False,
-            masked_softmax_fusion=False,
-            apply_rope_fusion=False,
-            gradient_accumulation_fusion=False,
+            recompute_granularity=self.recompute_granularity,
+            recompute_method=self.recompute_method,
+            recompute_num_layers=self.recompute_num_layers,
             persist_layer_norm=False,
             cross_entropy_loss_fusion=False,
+            **kernel_fusions(),
         )
 
 
@@ -128,10 +183,18 @@ class ParallelConfig:
     """Split norms/dropout activations along the sequence across TP (needs an SP-capable norm)."""
     use_cpu_initialization: bool = True
     """Initialise full weights on CPU then slice: identical weights at every TP size."""
+    overlap_grad_reduce: bool = False
+    """Overlap the data-parallel gradient reduce-scatter/all-reduce with the backward pass."""
+    overlap_param_gather: bool = False
+    """Overlap the DistributedOptimizer's parameter all-gather with the forward pass."""
+    distributed_timeout_minutes: int = 10
+    """Timeout of collectives (torch.distributed init_process_group)."""
 
     def __post_init__(self):
         if self.tensor_model_parallel_size < 1 or self.pipeline_model_parallel_size < 1:
             raise ValueError("tensor/pipeline model parallel sizes must be >= 1")
+        if self.distributed_timeout_minutes < 1:
+            raise ValueError("--distributed-timeout-minutes must be >= 1")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             self.sequence_parallel = False  # as Megatron does: SP is meaningless without TP
 
@@ -139,18 +202,18 @@ class ParallelConfig:
 def validate_for(
     model: ModelConfig, parallel: ParallelConfig, patch_size: int, seq_length: int
 ) -> None:
-    """Check a model, layout, patch size K and sample length (tokens) against each other."""
-    if not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"--patch-size must be an integer >= 1 (1 = token-level), got {patch_size!r}")
+    """Check a model, layout, patch size K (an int >= 1) and sample length (tokens) against each other."""
     if seq_length % patch_size:
         raise ValueError(
             f"--seq-length {seq_length} is not a multiple of --patch-size {patch_size}; "
             f"use e.g. {seq_length - seq_length % patch_size or patch_size}"
         )
-    if seq_length > model.max_seq_length:
+    positions = seq_length // patch_size
+    if model.max_position_embeddings is not None and positions > model.max_position_embeddings:
         raise ValueError(
-            f"--seq-length {seq_length} tokens (T*K) exceeds max_seq_length {model.max_seq_length}; "
-            "raise max_seq_length in the model config or shorten the sequence"
+            f"a sample of {seq_length} tokens at K={patch_size} is {positions} transformer positions, "
+            f"more than --max-position-embeddings {model.max_position_embeddings}; raise it or "
+            "shorten the sequence"
         )
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     groups = model.num_query_groups or model.num_attention_heads
@@ -170,7 +233,6 @@ def validate_for(
         raise ValueError(
             f"num_layers={model.num_layers} is not divisible by pipeline stages x virtual chunks = {chunks}"
         )
-    positions = seq_length // patch_size
     if parallel.sequence_parallel and positions % tp:
         raise ValueError(
             f"sequence parallel needs the transformer length T={positions} (= seq_length/K) "
@@ -178,21 +240,26 @@ def validate_for(
         )
 
 
-# The paper's sizes (DESIGN.md, LLaMA-2 tokenizer) and small CPU presets.
+# The paper's sizes (LLaMA-2 tokenizer; 2048 positions in both stages: 2048 tokens, or 2048
+# patches of K tokens) and small CPU presets.
 PRESETS = {
-    "370m": ModelConfig(num_layers=24, hidden_size=1024, ffn_hidden_size=2752, num_attention_heads=16),
-    "780m": ModelConfig(num_layers=24, hidden_size=1536, ffn_hidden_size=4128, num_attention_heads=16),
-    "1.3b": ModelConfig(num_layers=24, hidden_size=2048, ffn_hidden_size=5504, num_attention_heads=16),
-    "2.7b": ModelConfig(num_layers=32, hidden_size=2560, ffn_hidden_size=6880, num_attention_heads=32),
+    "370m": ModelConfig(num_layers=24, hidden_size=1024, ffn_hidden_size=2752, num_attention_heads=16,
+                        max_position_embeddings=2048),
+    "780m": ModelConfig(num_layers=24, hidden_size=1536, ffn_hidden_size=4128, num_attention_heads=16,
+                        max_position_embeddings=2048),
+    "1.3b": ModelConfig(num_layers=24, hidden_size=2048, ffn_hidden_size=5504, num_attention_heads=16,
+                        max_position_embeddings=2048),
+    "2.7b": ModelConfig(num_layers=32, hidden_size=2560, ffn_hidden_size=6880, num_attention_heads=32,
+                        max_position_embeddings=2048),
     # Unit/distributed tests: seconds per run on 2 CPU cores.
     "tiny": ModelConfig(
         num_layers=4, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4,
-        vocab_size=1000, max_seq_length=1024,
+        vocab_size=1000, max_position_embeddings=1024,
     ),
     # The CPU demo and benchmarks: ~10M parameters with an 8k vocabulary.
     "cpu-small": ModelConfig(
         num_layers=4, hidden_size=256, ffn_hidden_size=688, num_attention_heads=4,
-        vocab_size=8000, max_seq_length=4096,
+        vocab_size=8000, max_position_embeddings=4096,
     ),
 }
 

@@ -70,7 +70,7 @@ def build_model(
         config=config,
         transformer_layer_spec=get_block_spec(config, model_cfg.transformer_impl, vp_stage=vp_stage),
         vocab_size=model_cfg.padded_vocab_size(parallel_cfg.tensor_model_parallel_size),
-        max_sequence_length=model_cfg.max_seq_length,
+        max_sequence_length=model_cfg.max_position_embeddings or 4096,  # RoPE: unused
         pre_process=pre_process,
         post_process=post_process,
         parallel_output=True,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+from megatron_patch.data.sample_index import num_samples_in, stream_lengths
 from megatron_patch.data.stream import Segments, StreamIndices
 
 PAD_TOKEN_ID = 0
@@ -38,9 +39,16 @@ class PatchDataset(torch.utils.data.Dataset):
         self.align_documents = align_documents
         self.name = name
         self._position_ids = torch.arange(num_patches, dtype=torch.int64)
+        stream_tokens = int(stream_lengths(segments.lengths, patch_size, align_documents).sum())
+        self.samples_per_epoch = num_samples_in(stream_tokens, patch_size, num_patches)
 
     def __len__(self) -> int:
         return self.num_samples
+
+    @property
+    def epochs(self) -> float:
+        """Passes over this data the samples make (above 1: the data repeats)."""
+        return self.num_samples / max(self.samples_per_epoch, 1)
 
     def read(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
         """The (T+1)*K stream tokens of sample `idx` (after shuffling) and which are real."""
@@ -102,6 +110,12 @@ class BlendedPatchDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset_index)
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the component that repeats most (its share of the samples / its size)."""
+        counts = np.bincount(self.dataset_index, minlength=len(self.datasets))
+        return max(int(n) / max(d.samples_per_epoch, 1) for n, d in zip(counts, self.datasets))
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         if not 0 <= idx < len(self):

@@ -48,6 +48,37 @@ def have_transformer_engine() -> bool:
     return True
 
 
+def _have_grad_accum_kernel() -> bool:
+    """The fused weight-gradient accumulation kernel comes with Transformer Engine or NVIDIA Apex."""
+    if have_transformer_engine():
+        return True
+    try:
+        import fused_weight_gradient_mlp_cuda  # noqa: F401  (NVIDIA Apex)
+    except Exception:
+        return False
+    return True
+
+
+def kernel_fusions() -> dict:
+    """TransformerConfig fusion switches: on with CUDA where megatron-core has a kernel, off on CPU.
+
+    - bias_activation_fusion: megatron-core's fused SwiGLU (a TorchScript kernel on CUDA);
+    - apply_rope_fusion: Transformer Engine's fused RoPE;
+    - gradient_accumulation_fusion: fp32 main-grad accumulation inside the weight-gradient GEMM
+      (TE or Apex).
+    The unfused paths compute the same values; they are only slower."""
+    from megatron_patch import device
+
+    gpu = device.on_gpu()
+    return {
+        "bias_activation_fusion": gpu,
+        "bias_dropout_fusion": gpu,
+        "masked_softmax_fusion": False,  # unused: attention runs in TE or SDPA kernels
+        "apply_rope_fusion": gpu and have_transformer_engine(),
+        "gradient_accumulation_fusion": gpu and _have_grad_accum_kernel(),
+    }
+
+
 def resolve_impl(impl: str = "auto") -> str:
     """Turn "auto" into a concrete implementation name; reject unknown or unavailable ones."""
     if impl not in IMPLS:

@@ -1,16 +1,22 @@
-"""The trainer of tools/pretrain.py: config, stages, loop, checkpoints, metrics, conversion.
+"""The trainer of tools/pretrain.py.
 
-    config.py        RunConfig sections + one parser for YAML and Megatron-style flags
+    config.py        RunConfig sections; flags generated from the fields (megatron_patch/flags.py)
+    preflight.py     checks against files and the launch, once, before any process group
     stages.py        the recipe as data: plan_stages -> [Stage(patch, K=4, ...), Stage(token, K=1, ...)]
+    trainer.py       Trainer.train(): the stages, each one loop of calls to the collaborators below
     builders.py      model chunks + DDP, megatron optimizer, LR schedule (all megatron-core)
     data.py          stage datasets and the resumable micro-batch order
     step.py          one train step / evaluation through megatron-core's pipeline schedules
-    loop.py          run(): the stages, the hand-over between them, the compute account
-    checkpointing.py dist_checkpointing save/load in Megatron's layout
+    checkpointer.py  resume, start weights, periodic saves, the hand-over between stages
+    checkpointing.py dist_checkpointing save/load of model, optimizer, scheduler, RNG
+    rundir.py        the layout of a run directory and a checkpoint directory
+    evaluation.py    token-level validation in training, and of a checkpoint (tools/evaluate.py)
+    metrics.py       log lines, metrics.jsonl (writer and reader), TensorBoard, W&B
+    preemption.py    exit on a signal, a wall-clock limit or a step count
+    divergence.py    non-finite steps: stop (default) or skip up to N
+    ownership.py     one run per run directory, one live launch per run
+    account.py       compute.json; flops.py the FLOPs formulas; state.py the TrainState
     convert.py       weights-only and Hugging Face conversion
-    evaluation.py    token-level loss/perplexity of a checkpoint (tools/evaluate.py)
-    preflight.py     config checks against files and the launch, before heavy imports
-    flops.py, metrics.py, state.py
 
 Names are imported lazily (PEP 562), so config parsing and preflight checks start fast.
 """
@@ -20,7 +26,8 @@ _EXPORTS = {
     "RunConfig": "megatron_patch.training.config",
     "parse_config": "megatron_patch.training.config",
     "resolve": "megatron_patch.training.preflight",
-    "run": "megatron_patch.training.loop",
+    "Trainer": "megatron_patch.training.trainer",
+    "run": "megatron_patch.training.trainer",
     "Stage": "megatron_patch.training.stages",
     "plan_stages": "megatron_patch.training.stages",
 }
@@ -31,4 +38,3 @@ def __getattr__(name):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

@@ -1,7 +1,11 @@
 """Model chunks, DDP wrapper, optimizer and LR schedule for one stage, all from megatron-core.
 
-- model: one `PatchGPTModel` per virtual pipeline chunk, `Float16Module` when bf16,
-  wrapped in megatron-core's `DistributedDataParallel` (grads reduced in fp32).
+- model: one `PatchGPTModel` per virtual pipeline chunk on this rank's device, `Float16Module`
+  when bf16 (bf16 weights and activations, fp32 loss out), wrapped in megatron-core's
+  `DistributedDataParallel` (grads accumulated and reduced in fp32).
+- precision: with bf16 `get_megatron_optimizer` keeps fp32 main weights and Adam state
+  (`Float16OptimizerWithFloat16Params`, or the DistributedOptimizer's fp32 shards) and copies
+  the updated weights back to bf16. The same on CPU and GPU; only the kernels differ.
 - optimizer: `get_megatron_optimizer` (AdamW, decoupled weight decay off norms/biases,
   global-norm clipping, optionally the DistributedOptimizer).
 - schedule: `OptimizerParamScheduler`, linear warmup then cosine/linear decay over the stage.
@@ -18,16 +22,24 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
+from megatron_patch import device
 from megatron_patch.compat import fix_torch_adam_distrib_optimizer
 from megatron_patch.model import PatchGPTModel, build_model
 
 
 def build_chunks(cfg, patch_size: int, dtype=torch.float32) -> List[PatchGPTModel]:
-    """Unwrapped model chunks of this rank (one unless virtual pipeline parallel)."""
+    """Unwrapped model chunks of this rank (one unless virtual pipeline parallel), in `dtype`,
+    on this rank's device.
+
+    With `use_cpu_initialization` megatron-core creates the weights on the CPU (identical at
+    every TP size); they move to the GPU here, before checkpoint loading and the DDP wrapper
+    (whose gradient buffers are allocated on the GPU). A no-op on CPU.
+    """
     vp = cfg.parallel.virtual_pipeline_model_parallel_size
     stages = [None] if vp is None else list(range(vp))
+    dev = device.current()
     return [
-        build_model(cfg.model, cfg.parallel, patch_size=patch_size, vp_stage=s, params_dtype=dtype)
+        build_model(cfg.model, cfg.parallel, patch_size=patch_size, vp_stage=s, params_dtype=dtype).to(dev)
         for s in stages
     ]
 
@@ -86,7 +98,7 @@ def build_optimizer(ddp_chunks, cfg, dtype):
         chunk.config.no_sync_func = (
             [c.no_sync for c in ddp_chunks] if len(ddp_chunks) > 1 else ddp_chunks[0].no_sync
         )
-        if not torch.cuda.is_available():
+        if not device.on_gpu():
             # gloo: batched isend/irecv mis-ordered the interleaved schedule's messages (DESIGN.md).
             chunk.config.batch_p2p_comm = False
     assert config.calculate_per_token_loss

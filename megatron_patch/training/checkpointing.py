@@ -24,76 +24,27 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_patch import io
 from megatron_patch.compat import use_in_process_results_queue
+from megatron_patch.training import rundir
 from megatron_patch.training.config import RunConfig, config_from_dict, load_yaml, to_yaml
 
-TRACKER = "latest_checkpointed_iteration.txt"
-CONFIG_FILE = "config.yaml"
-RELEASE = "release"
 FORMAT_VERSION = 1
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete, unreadable or does not fit the model."""
-
-
-# ----------------------------------------------------------------------------- paths
-
-
-def read_tracker(ckpt_dir: str) -> Optional[str]:
-    """The latest checkpoint's sub-directory name ("iter_0000020" / "release"), None if none."""
-    path = os.path.join(ckpt_dir, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        text = f.read().strip()
-    if text == RELEASE:
-        return RELEASE
-    if not text.isdigit():
-        raise CheckpointError(f"{path} holds {text!r}, not an iteration number or 'release'")
-    return f"iter_{int(text):07d}"
-
-
-def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
-    """Path of the newest complete checkpoint in ckpt_dir, or None when ckpt_dir has none."""
-    name = read_tracker(ckpt_dir)
-    if name is None:
-        return None
-    path = os.path.join(ckpt_dir, name)
-    check_complete(path)
-    return path
-
-
-def require_checkpoint(ckpt_dir: str) -> str:
-    """Like latest_checkpoint, but a missing checkpoint is an error that says what to pass."""
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
-    path = latest_checkpoint(ckpt_dir)
-    if path is None:
-        raise CheckpointError(
-            f"{ckpt_dir} has no {TRACKER}: not a checkpoint directory, or no checkpoint was "
-            "completed there (pass the directory that holds iter_*/ or release/)"
-        )
-    return path
-
-
-def check_complete(path: str) -> None:
-    """Raise CheckpointError unless `path` has everything a finished save writes."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} named by {TRACKER} does not exist")
-    needed = ["metadata.json", "common.pt", ".metadata", CONFIG_FILE]
-    missing = [n for n in needed if not os.path.isfile(os.path.join(path, n))]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: missing {missing}")
-    if not any(n.endswith(".distcp") for n in os.listdir(path)):
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: no tensor shards")
+# The layout (pointer file, iter_*/release names, completeness) belongs to rundir.
+TRACKER, RELEASE, CONFIG_FILE = rundir.TRACKER, rundir.RELEASE, rundir.CONFIG_FILE
+CheckpointError = rundir.CheckpointError
+read_tracker = rundir.read_tracker
+latest_checkpoint = rundir.latest_checkpoint
+require_checkpoint = rundir.require_checkpoint
+check_complete = rundir.check_complete
 
 
 def checkpoint_config(path: str) -> RunConfig:
     """The resolved run config saved beside a checkpoint."""
     try:
-        return config_from_dict(load_yaml(os.path.join(path, CONFIG_FILE)))
+        return config_from_dict(load_yaml(os.path.join(path, rundir.CONFIG_FILE)))
     except ValueError as err:
         raise CheckpointError(f"checkpoint {path}: unreadable {CONFIG_FILE} ({err})") from None
 
@@ -184,15 +135,6 @@ def _rank0() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     ckpt_dir: str,
     cfg: RunConfig,
@@ -204,7 +146,7 @@ def save_checkpoint(
 ) -> str:
     """Save (all ranks); weights only when optimizer is None. Returns the checkpoint path."""
     weights_only = optimizer is None
-    name = RELEASE if weights_only else f"iter_{train_state.step:07d}"
+    name = rundir.RELEASE if weights_only else rundir.iteration_name(train_state.step)
     path = os.path.join(ckpt_dir, name)
     if _rank0():
         if os.path.exists(path):  # a leftover of a crashed save, or re-saving the same step
@@ -222,10 +164,11 @@ def save_checkpoint(
     use_in_process_results_queue()  # synchronous save: no spawned Manager (compat/)
     dist_checkpointing.save(sd, path, sharded_strategy=("torch_dist", 1))
     if _rank0():
-        _write_atomic(os.path.join(path, CONFIG_FILE), to_yaml(cfg))
+        io.write_text(os.path.join(path, rundir.CONFIG_FILE), to_yaml(cfg))
     _barrier()
     if _rank0():  # the pointer goes last: only now is the checkpoint visible
-        _write_atomic(os.path.join(ckpt_dir, TRACKER), RELEASE if weights_only else str(train_state.step))
+        io.write_text(os.path.join(ckpt_dir, rundir.TRACKER),
+                      rundir.tracker_text(None if weights_only else train_state.step))
     _barrier()
     return path
 
@@ -234,22 +177,21 @@ def save_checkpoint(
 
 
 def check_model_matches(path: str, model_cfg) -> None:
-    """The saved architecture must equal `model_cfg` (fields set to None are not compared)."""
-    saved = checkpoint_config(path).model
+    """The saved architecture must equal `model_cfg` (fields set to None are not compared).
 
-    def arch(m):
-        return {"num_layers": m.num_layers, "hidden_size": m.hidden_size,
-                "ffn_hidden_size": m.ffn_hidden_size, "num_attention_heads": m.num_attention_heads,
-                "num_query_groups": m.num_query_groups or m.num_attention_heads,
-                "vocab_size": m.vocab_size, "tie_embeddings": m.tie_embeddings}
-
-    have, want = arch(saved), arch(model_cfg)
-    diff = {f: (have[f], want[f]) for f in want if want[f] is not None and have[f] != want[f]}
+    The saved one is config.yaml's, or for a Megatron-LM checkpoint its saved `args`."""
+    args = None if os.path.isfile(os.path.join(path, CONFIG_FILE)) else megatron_lm_args(path)
+    if args is not None:
+        saved, source = megatron_lm_model_config(args, path), "Megatron-LM args"
+    else:
+        saved, source = checkpoint_config(path).model, CONFIG_FILE
+    # Megatron-LM saves only the padded vocabulary; load_weights compares the table sizes.
+    diff = model_differences(saved, model_cfg, skip=("vocab_size",) if args is not None else ())
     if diff:
-        pretty = ", ".join(f"{k}: checkpoint {a} vs requested {b}" for k, (a, b) in diff.items())
+        pretty = "; ".join(f"{k}: checkpoint {a} vs requested {b}" for k, (a, b) in diff.items())
         raise CheckpointError(
-            f"checkpoint {path} was saved for a different model ({pretty}); "
-            "use the same --model / tokenizer as the run that saved it"
+            f"checkpoint {path} was saved for a different model ({pretty}; from its {source}); "
+            "use the same model config / tokenizer as the run that saved it"
         )
 
 
@@ -276,14 +218,24 @@ def _set_model(chunks, loaded: dict) -> None:
 
 
 def load_weights(path: str, chunks, model_cfg) -> None:
-    """Model weights only from any checkpoint (full or release) into unwrapped chunks."""
-    check_complete(path)
+    """Model weights only from any checkpoint (full or release, or a Megatron-LM torch_dist
+    checkpoint of the same architecture) into unwrapped chunks."""
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)) or megatron_lm_args(path) is None:
+        check_complete(path)
+    else:
+        _check_shards(path)
     check_model_matches(path, model_cfg)
-    _set_model(chunks, _load(model_sharded_state_dict(chunks), path))
+    sd = model_sharded_state_dict(chunks)
+    _fit_to_saved(sd, path)
+    _set_model(chunks, _load(sd, path))
 
 
-def load_full(path: str, chunks, optimizer, scheduler) -> dict:
-    """Restore model, optimizer, scheduler and (at the same layout) RNG; returns the common state."""
+def load_full(path: str, chunks, optimizer, scheduler, load_optim: bool = True,
+              load_rng: bool = True) -> dict:
+    """Restore model, optimizer, scheduler and (at the same layout) RNG; returns the common state.
+
+    load_optim=False keeps the fresh optimizer (--no-load-optim); load_rng=False keeps the
+    seeded RNG (--no-load-rng)."""
     check_complete(path)
     common = common_state(path)
     if common.get("kind") != "full":
@@ -291,12 +243,146 @@ def load_full(path: str, chunks, optimizer, scheduler) -> dict:
             f"{path} is a weights-only checkpoint: start a stage from it with --init-from, "
             "it cannot be resumed"
         )
-    same_layout = common.get("layout") == layout()
-    sd = _full_state_dict(chunks, optimizer, is_loading=True, with_rng=same_layout)
+    with_rng = load_rng and common.get("layout") == layout()
+    sd = _full_state_dict(chunks, optimizer if load_optim else None, is_loading=True, with_rng=with_rng)
     loaded = _load(sd, path)
     _set_model(chunks, loaded)
-    optimizer.load_state_dict(loaded["optimizer"])
+    if load_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(common["scheduler"])
-    if same_layout:
+    if with_rng:
         set_rng_state(loaded["rng_state"])
     return common
+
+
+# ----------------------------------------------------------------------------- architecture and Megatron-LM checkpoints
+
+_ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                "vocab_size", "tie_embeddings", "rotary_base", "norm_epsilon")
+
+
+def model_differences(saved, requested, skip=()) -> dict:
+    """{field: (saved, requested)} of the architecture fields that differ (None requested = any)."""
+    def value(m, f):
+        return (m.num_query_groups or m.num_attention_heads) if f == "num_query_groups" else getattr(m, f)
+
+    return {f: (value(saved, f), value(requested, f)) for f in _ARCH_FIELDS
+            if f not in skip and value(requested, f) is not None and value(saved, f) != value(requested, f)}
+
+
+def megatron_lm_args(path: str):
+    """The `args` Namespace a Megatron-LM checkpoint keeps in its common state, None if there is
+    none. Megatron-LM's GPT checkpoints (torch_dist) have no config.yaml; their args describe
+    the model (megatron-core registers argparse.Namespace as safe to unpickle)."""
+    common = os.path.join(path, "common.pt")
+    if not os.path.isfile(common):
+        return None
+    try:
+        state = torch.load(common, map_location="cpu")
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path}: common.pt is unreadable ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else ''})") from None
+    args = state.get("args") if isinstance(state, dict) else None
+    return args if args is not None and hasattr(args, "num_layers") else None
+
+
+def megatron_lm_model_config(args, path: str = "the checkpoint"):
+    """The ModelConfig a Megatron-LM GPT checkpoint's args describe; CheckpointError lists every
+    feature this product's model (LLaMA-style: RMSNorm, SwiGLU, plain RoPE, no biases) lacks."""
+    from megatron_patch.config import ModelConfig
+
+    def a(name, default=None):
+        return getattr(args, name, default)
+
+    checks = (
+        (a("position_embedding_type", "rope") == "rope", f"position_embedding_type={a('position_embedding_type')!r}"),
+        (a("swiglu", False) and not a("squared_relu") and not a("quick_geglu"), "an MLP other than SwiGLU (--swiglu)"),
+        (a("normalization", "LayerNorm") == "RMSNorm", f"normalization={a('normalization')!r}"),
+        (not a("apply_layernorm_1p"), "apply_layernorm_1p"),
+        (not a("add_bias_linear") and not a("add_qkv_bias"), "linear biases (add_bias_linear / add_qkv_bias)"),
+        (not a("qk_layernorm"), "qk_layernorm"),
+        (not a("num_experts"), "mixture of experts (num_experts)"),
+        (not a("multi_latent_attention"), "multi-latent attention"),
+        (a("rotary_percent", 1.0) == 1.0, f"partial rotary embedding (rotary_percent={a('rotary_percent')})"),
+        (not a("rotary_interleaved"), "interleaved RoPE"),
+        (not a("use_rope_scaling"), "RoPE scaling (use_rope_scaling)"),
+        (not a("rotary_seq_len_interpolation_factor"), "RoPE sequence-length interpolation"),
+        (not a("mtp_num_layers"), "multi-token-prediction layers"),
+        (a("heterogeneous_layers_config_path") is None, "heterogeneous layers"),
+        (a("hybrid_layer_pattern") is None and a("hybrid_override_pattern") is None, "hybrid (Mamba) layers"),
+        (a("window_size") is None, "sliding-window attention"),
+        (a("kv_channels") in (None, a("hidden_size", 0) // max(a("num_attention_heads", 1) or 1, 1)),
+         f"kv_channels={a('kv_channels')} other than hidden_size / num_attention_heads"),
+    )
+    problems = [why for ok, why in checks if not ok]
+    missing = [n for n in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                           "padded_vocab_size") if not isinstance(a(n), int)]
+    if missing:
+        problems.append(f"args lack {missing}")
+    if problems:
+        raise CheckpointError(f"Megatron-LM checkpoint {path} has features this model does not support: "
+                              + "; ".join(problems))
+    gqa = bool(a("group_query_attention")) and a("num_query_groups") not in (None, a("num_attention_heads"))
+    fields = dict(
+        num_layers=a("num_layers"), hidden_size=a("hidden_size"), ffn_hidden_size=a("ffn_hidden_size"),
+        num_attention_heads=a("num_attention_heads"), num_query_groups=a("num_query_groups") if gqa else None,
+        vocab_size=a("padded_vocab_size"), make_vocab_size_divisible_by=1,
+        max_position_embeddings=a("max_position_embeddings"), rotary_base=a("rotary_base", 10000),
+        norm_epsilon=a("norm_epsilon", 1e-5), tie_embeddings=not a("untie_embeddings_and_output_weights", False),
+        init_method_std=a("init_method_std", 0.02),
+    )
+    import dataclasses
+
+    if "group_query_attention" in {f.name for f in dataclasses.fields(ModelConfig)}:
+        fields["group_query_attention"] = gqa
+    try:
+        return ModelConfig(**fields)
+    except ValueError as err:
+        raise CheckpointError(f"Megatron-LM checkpoint {path}: its args are not a valid model ({err})") from None
+
+
+def _check_shards(path: str) -> None:
+    """A Megatron-LM checkpoint (no config.yaml) must still hold a whole torch_dist save."""
+    missing = [n for n in ("metadata.json", "common.pt", ".metadata") if not os.path.isfile(os.path.join(path, n))]
+    if missing or not any(n.endswith(".distcp") for n in os.listdir(path)):
+        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: missing {missing or 'tensor shards'}")
+
+
+def _fit_to_saved(sd: dict, path: str) -> None:
+    """Match the requested tensors to the saved ones by name and global shape, with errors that
+    say what differs. Norm weights are found under either layout: megatron-core's local spec
+    saves `input_layernorm` / `pre_mlp_layernorm` under Transformer Engine's names
+    (`linear_qkv.layer_norm_weight`, `linear_fc1.layer_norm_weight`, its
+    sharded_state_dict_keys_map), so local, sdpa and TE models share one layout; a checkpoint
+    written without that map keeps the local names, and those are used instead."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    from megatron_patch.export.hf_keys import TE_NORM_NAMES
+
+    try:
+        saved = dist_checkpointing.load_tensors_metadata(path)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path}: unreadable tensor metadata ({type(err).__name__}: "
+                              f"{str(err)[:300]}); it is corrupted or incomplete") from None
+    other = {**{f"decoder.layers.{v}": f"decoder.layers.{k}" for k, v in TE_NORM_NAMES.items()},
+             **{f"decoder.layers.{k}": f"decoder.layers.{v}" for k, v in TE_NORM_NAMES.items()}}
+    problems = []
+    for t in nested_values(sd):
+        if not isinstance(t, (ShardedTensor, ShardedTensorFactory)):
+            continue
+        if t.key not in saved and other.get(t.key) in saved:
+            t.key = other[t.key]
+        if t.key not in saved:
+            problems.append(f"no tensor {t.key!r}")
+        elif isinstance(t, ShardedTensor) and tuple(saved[t.key].global_shape) != tuple(t.global_shape):
+            have, want = tuple(saved[t.key].global_shape), tuple(t.global_shape)
+            hint = ""
+            if t.key in ("embedding.word_embeddings.weight", "output_layer.weight"):
+                hint = (" (vocabulary rows: the model pads vocab_size to a multiple of "
+                        "make_vocab_size_divisible_by x TP; make both agree, e.g. "
+                        "--make-vocab-size-divisible-by as in the checkpoint's config, and use its tokenizer)")
+            problems.append(f"{t.key}: checkpoint {have} vs model {want}{hint}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(problems[:6])
+                              + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else ""))

@@ -1,39 +1,73 @@
-"""The run configuration: typed sections, one parser for YAML files and Megatron-style flags.
+"""The run configuration: typed sections, and one parser for a YAML file and Megatron-style flags.
 
     cfg = parse_config(["--config", "examples/configs/cpu_demo.yaml", "--train-iters", "20"])
 
-Precedence: dataclass defaults < YAML file < command-line flags. The YAML has one mapping per
-section (`model`, `parallel`, `data`, `optim`, `train`, `checkpoint`) whose keys are the field
-names below; `model: {preset: 370m, ...}` starts from a named preset in megatron_patch.config
-and overrides fields. The resolved config (`to_dict`) is written beside every checkpoint and
-reads back with `config_from_dict`.
+Precedence: dataclass defaults < model preset < YAML file < command-line flags. The YAML has one
+mapping per section (`model`, `parallel`, `data`, `optim`, `train`, `checkpoint`, `logging`)
+whose keys are the field names below; `model: {preset: 370m, ...}` starts from a named preset in
+megatron_patch.config and overrides fields. Every field is a flag (Megatron-LM's spelling; see
+megatron_patch/flags.py) whose `--help` is the field's docstring. The resolved config
+(`to_dict`) is written beside every checkpoint and reads back with `config_from_dict`.
+
+Checks: each section validates its own fields once, when the config is built
+(`validate_fields`); checks that need files, the tokenizer or the launch live in preflight.py;
+checks of a stage's shapes against the model and layout in megatron_patch.config.validate_for.
 """
 import argparse
 import dataclasses
+import math
 import os
-import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import yaml
 
+from megatron_patch import flags as F
 from megatron_patch.config import PRESETS, ModelConfig, ParallelConfig, get_preset
+
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "Llama2Tokenizer", "HuggingFaceTokenizer", "NullTokenizer")
 
 
 @dataclass
 class DataConfig:
-    """Where the tokens come from."""
+    """Training data and tokenizer."""
 
     data_path: List[str] = field(default_factory=list)
-    """Megatron prefixes without .bin/.idx: ["PREFIX"] or ["0.7", "A", "0.3", "B"]."""
+    """Megatron dataset prefixes without .bin/.idx: PREFIX, or a blend W1 PREFIX1 W2 PREFIX2 ..."""
+    mock_data: bool = False
+    """Train on random tokens instead of --data-path (bring-up and throughput checks)."""
     split: str = "969,30,1"
-    """Train/validation/test proportions of each dataset."""
+    """Train/validation/test proportions of each dataset, by documents."""
+    tokenizer_type: Optional[str] = field(default=None, metadata=F.flag("--tokenizer-type", choices=TOKENIZER_TYPES))
+    """Tokenizer kind (None: HuggingFaceTokenizer for a directory, SentencePieceTokenizer for a file)."""
     tokenizer_model: Optional[str] = None
-    """SentencePiece .model; its vocabulary size becomes the model's vocab_size."""
+    """SentencePiece .model file, or a directory holding a Hugging Face tokenizer.json."""
+    vocab_size: Optional[int] = None
+    """Vocabulary size of the NullTokenizer (other tokenizers know their own)."""
     align_documents: bool = False
-    """Pad documents to patch boundaries (masked from the loss); the paper does not."""
-    cache_dir: Optional[str] = None
-    """Where the sample-index cache goes (None: the data module's default, next to the data)."""
+    """Pad documents to patch boundaries (the padding is masked from the loss); the paper does not."""
+    cache_dir: Optional[str] = field(default=None, metadata=F.flag("--data-cache-path"))
+    """Directory of the sample-index cache (None: index-cache/ next to the first dataset)."""
+
+    def validate_fields(self) -> None:
+        if not self.data_path and not self.mock_data:
+            raise ValueError("--data-path is required (a Megatron prefix without .bin/.idx), "
+                             "or --mock-data for random tokens")
+        if self.tokenizer_type == "NullTokenizer":
+            if not self.vocab_size or self.vocab_size < 2:
+                raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size N (N >= 2)")
+        elif not self.tokenizer_model:
+            raise ValueError("--tokenizer-model is required (a SentencePiece .model or a directory "
+                             "with tokenizer.json); or --tokenizer-type NullTokenizer --vocab-size N")
+        parts = self.split.replace("/", ",").split(",")
+        try:
+            weights = [float(p) for p in parts]
+        except ValueError:
+            weights = []
+        if not 1 <= len(weights) <= 3 or any(w < 0 or not math.isfinite(w) for w in weights) \
+                or not weights or weights[0] <= 0:
+            raise ValueError(f"--split {self.split!r}: give up to three non-negative train,valid,test "
+                             "proportions with a positive train share, e.g. 969,30,1")
 
 
 @dataclass
@@ -43,11 +77,11 @@ class OptimConfig:
     lr: float = 3e-4
     """Peak learning rate."""
     min_lr: float = 3e-5
-    """Learning rate at the end of the cosine decay."""
+    """Learning rate at the end of the decay."""
     lr_warmup_iters: int = 2000
     """Linear warmup steps; every stage has its own warmup."""
-    lr_decay_style: str = "cosine"
-    """"cosine", "linear" or "constant" (megatron-core OptimizerParamScheduler)."""
+    lr_decay_style: str = field(default="cosine", metadata=F.flag("--lr-decay-style", choices=("cosine", "linear", "constant")))
+    """Decay after warmup (megatron-core OptimizerParamScheduler)."""
     weight_decay: float = 0.1
     """Decoupled weight decay (not applied to norms and biases)."""
     adam_beta1: float = 0.9
@@ -61,6 +95,27 @@ class OptimConfig:
     use_distributed_optimizer: bool = False
     """Shard optimizer state across data-parallel ranks (megatron-core DistributedOptimizer)."""
 
+    def validate_fields(self) -> None:
+        for name in ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} is {getattr(self, name)}: it must be a finite number")
+        if self.lr <= 0 or self.lr > 1.0:
+            raise ValueError(f"--lr {self.lr} is not a usable learning rate: give a value in (0, 1], "
+                             "e.g. 3e-4")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 <= --min-lr ({self.min_lr}) <= --lr ({self.lr})")
+        if self.lr_warmup_iters < 0:
+            raise ValueError("--lr-warmup-iters must be >= 0")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ValueError(f"Adam betas must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
+        if not 0 < self.adam_eps < 1:
+            raise ValueError(f"--adam-eps must be in (0, 1), got {self.adam_eps}")
+        if not 0 <= self.weight_decay < 1:
+            raise ValueError(f"--weight-decay must be in [0, 1) (decoupled: lr x wd per step), "
+                             f"got {self.weight_decay}")
+        if self.clip_grad < 0:
+            raise ValueError("--clip-grad must be >= 0 (0 disables clipping)")
+
 
 @dataclass
 class TrainConfig:
@@ -73,202 +128,205 @@ class TrainConfig:
     seq_length: int = 2048
     """Tokens per sample in the token stage (= its transformer positions T)."""
     patch_seq_length: Optional[int] = None
-    """Tokens per patch-stage sample, T*K, a multiple of K; None: seq_length*K, i.e. the same T
-    positions as the token stage (the paper: 2048 patches = 8192 tokens at K=4)."""
+    """Tokens per patch-stage sample, T*K, a multiple of K (None: seq_length*K, the token stage's
+    T positions; the paper: 2048 patches = 8192 tokens at K=4)."""
     train_iters: Optional[int] = None
-    """Budget N in token-stage steps of global_batch_size*seq_length tokens (or train_tokens)."""
+    """Budget N in token-stage steps of global_batch_size*seq_length tokens (one of the three budgets)."""
+    train_samples: Optional[int] = None
+    """Budget in token-stage samples of seq_length tokens; N = ceil(samples / global_batch_size)."""
     train_tokens: Optional[int] = None
-    """Budget in tokens; N = ceil(train_tokens / (global_batch_size*seq_length))."""
+    """Budget in tokens; N = ceil(tokens / (global_batch_size*seq_length))."""
     patch_size: int = 1
     """K: tokens per patch in the patch stage (1 = token-level training only)."""
     patch_fraction: float = 0.0
     """lambda: fraction of the data (and of N) consumed at patch level; the paper uses 2/3."""
-    patch_batch_policy: str = "same_tokens"
-    """Patch-stage batch: "same_tokens" as the token stage (fewer, longer sequences; the paper's
-    scripts, see DESIGN.md) or "same_sequences" (global_batch_size sequences, fewer steps)."""
-    stage: str = "all"
-    """Which stages this launch runs: "all" (patch, convert, token), "patch" or "token"."""
+    patch_batch_policy: str = field(default="same_tokens", metadata=F.flag(
+        "--patch-batch-policy", choices=("same_tokens", "same_sequences")))
+    """Patch-stage batch: same_tokens per step as the token stage (K times fewer sequences; the
+    paper's recipe) or same_sequences (global_batch_size sequences, K times fewer steps)."""
+    stage: str = field(default="all", metadata=F.flag("--stage", choices=("all", "patch", "token")))
+    """Which stages this launch runs: all (patch, hand-over, token), patch or token."""
     seed: int = 1234
     """Seeds weights, data order and RNG."""
-    bf16: Optional[bool] = None
-    """bf16 parameters and compute; None: bf16 on GPU, fp32 on CPU."""
-    log_interval: int = 1
-    """Steps between log lines / metrics.jsonl train records."""
+    bf16: Optional[bool] = field(default=None, metadata=F.flags(F.flag("--bf16", const=True), F.flag("--fp32", const=False)))
+    """bf16 parameters and compute with fp32 main weights (--bf16) or fp32 throughout (--fp32);
+    None: bf16 on GPU, fp32 on CPU."""
     eval_interval: Optional[int] = None
     """Steps between token-level validations (None: only at the end of each stage)."""
     eval_iters: int = 4
-    """Validation batches (of global_batch_size token-level sequences) per evaluation."""
+    """Validation batches (of global_batch_size token-level sequences) per evaluation; 0: no validation."""
+    skip_bad_steps: int = 0
+    """Skip up to this many optimizer steps whose loss or gradient norm is NaN/Inf (0: stop at the first)."""
+    exit_signal_handler: bool = False
+    """On --exit-signal, finish the current step, save a checkpoint and exit with status 3."""
+    exit_signal: str = field(default="SIGTERM", metadata=F.flag("--exit-signal", choices=("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")))
+    """The signal --exit-signal-handler catches (SLURM: #SBATCH --signal=USR1@120 with SIGUSR1)."""
+    exit_duration_in_mins: Optional[float] = None
+    """Save and exit (status 3) once this launch has run this many minutes."""
+    exit_interval: Optional[int] = None
+    """Save and exit (status 3) when the stage's step is a multiple of this."""
+
+    def validate_fields(self) -> None:
+        budgets = [b for b in (self.train_iters, self.train_samples, self.train_tokens) if b is not None]
+        if len(budgets) != 1:
+            raise ValueError("give exactly one budget: --train-iters N, --train-samples N or --train-tokens N")
+        if budgets[0] < 1:
+            raise ValueError("the training budget (--train-iters / --train-samples / --train-tokens) must be positive")
+        for name in ("micro_batch_size", "global_batch_size", "seq_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.eval_iters < 0:
+            raise ValueError("--eval-iters must be >= 0 (0: no validation)")
+        if self.skip_bad_steps < 0:
+            raise ValueError("--skip-bad-steps must be >= 0")
+        for name in ("eval_interval", "patch_seq_length", "exit_interval"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (or left out), got {getattr(self, name)}")
+        if self.exit_duration_in_mins is not None and not self.exit_duration_in_mins > 0:
+            raise ValueError("--exit-duration-in-mins must be positive")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"--global-batch-size {self.global_batch_size} is not a multiple of "
+                f"--micro-batch-size {self.micro_batch_size}"
+            )
+        if self.patch_size < 1:
+            raise ValueError(f"--patch-size must be an integer >= 1, got {self.patch_size!r}")
+        if self.patch_seq_length is not None and self.patch_seq_length % self.patch_size:
+            fix = self.patch_seq_length - self.patch_seq_length % self.patch_size or self.patch_size
+            raise ValueError(
+                f"--patch-seq-length {self.patch_seq_length} is not a multiple of --patch-size "
+                f"{self.patch_size}: a patch-stage sample must be whole patches; use e.g. {fix}"
+            )
+        if not 0.0 <= self.patch_fraction <= 1.0:
+            raise ValueError(f"--patch-fraction must be in [0, 1] (the paper uses 2/3), got {self.patch_fraction}")
+        if self.stage == "patch" and (self.patch_size == 1 or self.patch_fraction == 0):
+            raise ValueError("--stage patch needs --patch-size > 1 and --patch-fraction > 0")
 
 
 @dataclass
 class CheckpointConfig:
-    """Run directories."""
+    """Run directory, resuming and initialisation."""
 
     save: Optional[str] = None
     """Run directory: SAVE/patch, SAVE/patch_weights, SAVE/token, metrics.jsonl, compute.json."""
     load: Optional[str] = None
-    """Resume from this run directory (usually = save). A weights-only checkpoint
-    (DIR/latest_checkpointed_iteration.txt = release) instead initialises the first stage."""
+    """Resume the run in this run directory (usually = --save); a weights-only checkpoint here
+    initialises the first stage instead."""
     save_interval: Optional[int] = None
     """Steps between checkpoints (None: only at the end of each stage)."""
     init_from: Optional[str] = None
-    """Weights-only checkpoint the first stage starts from (default for --stage token:
-    SAVE/patch_weights when it exists)."""
-    tensorboard: bool = True
-    """Write TensorBoard events to SAVE/tensorboard when tensorboard is installed."""
+    """Weights the first stage starts from: a weights-only checkpoint, a finished stage, an
+    imported Hugging Face model or a Megatron-LM torch_dist checkpoint."""
+    finetune: bool = False
+    """With --load: take only the weights and start the stage at step 0 (fresh optimizer, schedule, data)."""
+    load_optim: bool = field(default=True, metadata=F.flag("--no-load-optim", const=False))
+    """Restore the optimizer state on resume (--no-load-optim: a fresh optimizer)."""
+    load_rng: bool = field(default=True, metadata=F.flag("--no-load-rng", const=False))
+    """Restore the RNG states on resume (--no-load-rng: reseed)."""
+    allow_unfinished_stage: bool = False
+    """Allow the hand-over (--init-from, conversion) from a stage that did not complete its steps."""
+
+    def validate_fields(self) -> None:
+        if self.save_interval is not None and self.save_interval < 1:
+            raise ValueError("--save-interval must be >= 1 (omit it to save only at the end of a stage)")
+        if self.finetune and not (self.load or self.init_from):
+            raise ValueError("--finetune needs --load (weights to start from)")
+
+
+@dataclass
+class LoggingConfig:
+    """Log lines, TensorBoard and Weights & Biases."""
+
+    log_interval: int = 1
+    """Steps between log lines and metrics.jsonl train records."""
+    tensorboard: bool = field(default=True, metadata=F.flag("--no-tensorboard", const=False))
+    """Write TensorBoard events when tensorboard is installed (--no-tensorboard: don't)."""
+    tensorboard_dir: Optional[str] = None
+    """TensorBoard event directory (None: SAVE/tensorboard)."""
+    wandb_project: Optional[str] = None
+    """Weights & Biases project: log the metrics.jsonl records there too (WANDB_MODE=offline works)."""
+    wandb_exp_name: Optional[str] = None
+    """Weights & Biases run name (None: the --save directory's name)."""
+    wandb_save_dir: Optional[str] = None
+    """Weights & Biases local directory (None: SAVE/wandb)."""
+
+    def validate_fields(self) -> None:
+        if self.log_interval < 1:
+            raise ValueError("--log-interval must be >= 1")
 
 
 @dataclass
 class RunConfig:
     """Everything one launch of tools/pretrain.py needs."""
 
-    model: ModelConfig = field(default_factory=lambda: dataclasses.replace(PRESETS["tiny"]))
-    model_preset: Optional[str] = "tiny"
+    model: ModelConfig
+    model_preset: Optional[str] = None
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+# Sections built by `set_fields` (the model section goes through its preset instead).
 SECTIONS = {
     "parallel": ParallelConfig,
     "data": DataConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
 }
-
-# flag -> (section, field); the type comes from the field's annotation.
-FLAGS = {
-    "--model": ("model", "preset"),
-    "--num-layers": ("model", "num_layers"),
-    "--hidden-size": ("model", "hidden_size"),
-    "--ffn-hidden-size": ("model", "ffn_hidden_size"),
-    "--num-attention-heads": ("model", "num_attention_heads"),
-    "--num-query-groups": ("model", "num_query_groups"),
-    "--max-position-embeddings": ("model", "max_seq_length"),
-    "--transformer-impl": ("model", "transformer_impl"),
-    "--tensor-model-parallel-size": ("parallel", "tensor_model_parallel_size"),
-    "--pipeline-model-parallel-size": ("parallel", "pipeline_model_parallel_size"),
-    "--virtual-pipeline-model-parallel-size": ("parallel", "virtual_pipeline_model_parallel_size"),
-    "--sequence-parallel": ("parallel", "sequence_parallel"),
-    "--data-path": ("data", "data_path"),
-    "--split": ("data", "split"),
-    "--tokenizer-model": ("data", "tokenizer_model"),
-    "--align-documents": ("data", "align_documents"),
-    "--data-cache-path": ("data", "cache_dir"),
-    "--lr": ("optim", "lr"),
-    "--min-lr": ("optim", "min_lr"),
-    "--lr-warmup-iters": ("optim", "lr_warmup_iters"),
-    "--lr-decay-style": ("optim", "lr_decay_style"),
-    "--weight-decay": ("optim", "weight_decay"),
-    "--adam-beta1": ("optim", "adam_beta1"),
-    "--adam-beta2": ("optim", "adam_beta2"),
-    "--adam-eps": ("optim", "adam_eps"),
-    "--clip-grad": ("optim", "clip_grad"),
-    "--use-distributed-optimizer": ("optim", "use_distributed_optimizer"),
-    "--micro-batch-size": ("train", "micro_batch_size"),
-    "--global-batch-size": ("train", "global_batch_size"),
-    "--seq-length": ("train", "seq_length"),
-    "--patch-seq-length": ("train", "patch_seq_length"),
-    "--train-iters": ("train", "train_iters"),
-    "--train-tokens": ("train", "train_tokens"),
-    "--patch-size": ("train", "patch_size"),
-    "--patch-fraction": ("train", "patch_fraction"),
-    "--patch-batch-policy": ("train", "patch_batch_policy"),
-    "--stage": ("train", "stage"),
-    "--seed": ("train", "seed"),
-    "--bf16": ("train", "bf16"),
-    "--log-interval": ("train", "log_interval"),
-    "--eval-interval": ("train", "eval_interval"),
-    "--eval-iters": ("train", "eval_iters"),
-    "--save": ("checkpoint", "save"),
-    "--load": ("checkpoint", "load"),
-    "--save-interval": ("checkpoint", "save_interval"),
-    "--init-from": ("checkpoint", "init_from"),
-}
-
-
-def _field_type(cls, name):
-    hints = typing.get_type_hints(cls)
-    if name not in hints:
-        valid = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ValueError(f"unknown key {name!r} for {cls.__name__}; valid keys: {valid}")
-    return hints[name]
-
-
-def _coerce(value, tp, where: str):
-    """Turn a YAML/CLI value into the field's type (YAML 1.1 reads `3e-4` as a string)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union and type(None) in args:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        tp = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-    try:
-        if origin in (list, List):
-            items = value if isinstance(value, (list, tuple)) else str(value).split()
-            return [_coerce(v, args[0], where) for v in items]
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if tp is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if tp is float:
-            if isinstance(value, str) and "/" in value:  # "2/3"
-                num, den = value.split("/")
-                return float(num) / float(den)
-            return float(value)
-        if tp is str:
-            return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
-    return value
-
-
-def _apply(obj, updates: dict, section: str):
-    for key, value in updates.items():
-        tp = _field_type(type(obj), key)
-        setattr(obj, key, _coerce(value, tp, f"{section}.{key}"))
+ALL_SECTIONS = {"model": ModelConfig, **SECTIONS}
+SHAPE = ("num_layers", "hidden_size", "num_attention_heads")
 
 
 def _build_model(updates: dict) -> tuple:
     updates = dict(updates)
-    preset = updates.pop("preset", "tiny")
+    preset = updates.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    coerced = {k: _coerce(v, _field_type(ModelConfig, k), f"model.{k}") for k, v in updates.items()}
-    if preset is None:
-        return ModelConfig(**coerced), None
-    return get_preset(preset, **coerced), preset
+    hints = F.type_hints(ModelConfig)
+    names = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    coerced = {}
+    for k, v in updates.items():
+        if k not in names:
+            raise ValueError(f"unknown key model.{k}; valid keys of model: preset, {', '.join(sorted(names))}")
+        coerced[k] = F.coerce(v, hints[k], f"model.{k}")
+        choices = F.field_choices(names[k])
+        if choices is not None and coerced[k] is not None and coerced[k] not in choices:
+            raise ValueError(f"--{k.replace('_', '-')} {coerced[k]!r} is not supported by this product; "
+                             f"supported: {', '.join(map(str, choices))}")
+    if preset is not None:
+        return get_preset(preset, **coerced), preset
+    missing = [k for k in SHAPE if k not in coerced]
+    if missing:
+        raise ValueError(
+            "no model: give a preset (--model 370m, or `model: {preset: ...}` in the YAML; presets: "
+            f"{', '.join(sorted(PRESETS))}) or the shape ({', '.join('--' + m.replace('_', '-') for m in missing)})"
+        )
+    return ModelConfig(**coerced), None
 
 
 def config_from_dict(d: dict) -> RunConfig:
-    """A RunConfig from nested dicts (a YAML file's content or `to_dict` output)."""
+    """A validated RunConfig from nested dicts (a YAML file's content or `to_dict` output)."""
     d = dict(d or {})
-    unknown = set(d) - set(SECTIONS) - {"model"}
+    unknown = set(d) - set(ALL_SECTIONS)
     if unknown:
-        raise ValueError(
-            f"unknown config section(s) {sorted(unknown)}; valid: model, {', '.join(SECTIONS)}"
-        )
+        raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: {', '.join(ALL_SECTIONS)}")
     for name, section in d.items():
         if section is not None and not isinstance(section, dict):
             raise ValueError(f"config section {name!r} must be a mapping, got {section!r}")
-    cfg = RunConfig()
-    cfg.model, cfg.model_preset = _build_model(d.get("model") or {})
+    model, preset = _build_model(d.get("model") or {})
+    cfg = RunConfig(model=model, model_preset=preset)
     for name, cls in SECTIONS.items():
         obj = cls()
-        _apply(obj, d.get(name) or {}, name)
-        if name == "parallel":
-            obj.__post_init__()
+        F.set_fields(obj, d.get(name) or {}, name)
+        if hasattr(obj, "__post_init__"):
+            obj.__post_init__()  # field checks of dataclasses that check at construction
+        if hasattr(obj, "validate_fields"):
+            obj.validate_fields()
         setattr(cfg, name, obj)
     return cfg
 
@@ -304,90 +362,33 @@ def load_yaml(path: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of tools/pretrain.py, one per config field (help = the field's docstring)."""
     p = argparse.ArgumentParser(
-        description="Patch-level pretraining on megatron-core (launch with torchrun).",
+        prog="pretrain.py",
+        description="Patch-level pretraining on megatron-core (launch with torchrun). Flags override "
+                    "the YAML given with --config; the YAML's keys are the field names, by section.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--config", help="YAML run config; flags below override it")
-    for flag, (section, name) in FLAGS.items():
-        cls = ModelConfig if section == "model" else SECTIONS[section]
-        tp = str if name == "preset" else _field_type(cls, name)
-        base = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Union else tp
-        if base is bool:
-            p.add_argument(flag, action="store_const", const=True, help=f"{section}.{name}")
-        elif typing.get_origin(base) in (list, List):
-            p.add_argument(flag, nargs="+", help=f"{section}.{name}")
-        else:
-            p.add_argument(flag, help=f"{section}.{name}")
-    p.add_argument("--fp32", action="store_const", const=True, help="train.bf16 = false")
-    p.add_argument("--no-tensorboard", action="store_const", const=True,
-                   help="checkpoint.tensorboard = false")
+    p.add_argument("--config", help="YAML run config (sections model, parallel, data, optim, train, "
+                   "checkpoint, logging); flags override it")
+    p.add_argument("--model", dest="model.preset", metavar="PRESET",
+                   help=f"start from a named model: {', '.join(sorted(PRESETS))}")
+    titles = {"model": "model", "parallel": "parallelism", "data": "data", "optim": "optimizer",
+              "train": "training", "checkpoint": "checkpointing", "logging": "logging"}
+    for name, cls in ALL_SECTIONS.items():
+        F.add_section(p, name, cls, titles[name])
     return p
 
 
+FLAGS = F.all_flags(ALL_SECTIONS)
+"""{flag: (section, field)} of every flag except --config and --model."""
+
+
 def parse_config(argv=None) -> RunConfig:
-    """Flags (and the YAML they name) -> RunConfig. Raises ValueError with the fix."""
-    ns = vars(build_parser().parse_args(argv))
-    d = load_yaml(ns.pop("config")) if "config" in ns else {}
+    """Flags (and the YAML they name) -> a validated RunConfig. Raises ValueError with the fix."""
+    ns = build_parser().parse_args(argv)
+    d = load_yaml(ns.config) if getattr(ns, "config", None) else {}
     d = {k: dict(v or {}) for k, v in d.items()}
-    if ns.pop("fp32", False):
-        ns["bf16"] = False
-    if ns.pop("no_tensorboard", False):
-        d.setdefault("checkpoint", {})["tensorboard"] = False
-    for flag, (section, name) in FLAGS.items():
-        key = flag[2:].replace("-", "_")
-        if key in ns:
-            d.setdefault(section, {})[name] = ns[key]
+    for section, values in F.given(ns).items():
+        d.setdefault(section, {}).update(values)
     return config_from_dict(d)
-
-
-def check(cfg: RunConfig) -> None:
-    """Field-level validation that needs no data, processes or layout (ValueError with the fix)."""
-    t, o = cfg.train, cfg.optim
-    if (t.train_iters is None) == (t.train_tokens is None):
-        raise ValueError("give exactly one budget: --train-iters N or --train-tokens N")
-    if (t.train_iters or 1) < 1 or (t.train_tokens if t.train_tokens is not None else 1) < 1:
-        raise ValueError("the training budget (--train-iters / --train-tokens) must be positive")
-    for name in ("micro_batch_size", "global_batch_size", "seq_length", "log_interval", "eval_iters"):
-        if getattr(t, name) < 1:
-            raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-    for name in ("eval_interval", "patch_seq_length"):
-        if getattr(t, name) is not None and getattr(t, name) < 1:
-            raise ValueError(f"train.{name} must be >= 1 or null, got {getattr(t, name)}")
-    if cfg.checkpoint.save_interval is not None and cfg.checkpoint.save_interval < 1:
-        raise ValueError("--save-interval must be >= 1 (omit it to save only at the end of a stage)")
-    if t.global_batch_size % t.micro_batch_size:
-        raise ValueError(
-            f"--global-batch-size {t.global_batch_size} is not a multiple of "
-            f"--micro-batch-size {t.micro_batch_size}"
-        )
-    if not isinstance(t.patch_size, int) or t.patch_size < 1:
-        raise ValueError(f"--patch-size must be an integer >= 1, got {t.patch_size!r}")
-    if t.patch_seq_length is not None and t.patch_seq_length % t.patch_size:
-        fix = t.patch_seq_length - t.patch_seq_length % t.patch_size or t.patch_size
-        raise ValueError(
-            f"--patch-seq-length {t.patch_seq_length} is not a multiple of --patch-size "
-            f"{t.patch_size}: a patch-stage sample must be whole patches; use e.g. {fix}"
-        )
-    if not 0.0 <= t.patch_fraction <= 1.0:
-        raise ValueError(f"--patch-fraction must be in [0, 1] (the paper uses 2/3), got {t.patch_fraction}")
-    if t.patch_batch_policy not in ("same_tokens", "same_sequences"):
-        raise ValueError("--patch-batch-policy must be same_tokens or same_sequences")
-    if t.stage not in ("all", "patch", "token"):
-        raise ValueError(f"--stage must be all, patch or token, got {t.stage!r}")
-    if t.stage == "patch" and (t.patch_size == 1 or t.patch_fraction == 0):
-        raise ValueError("--stage patch needs --patch-size > 1 and --patch-fraction > 0")
-    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
-        raise ValueError(f"need 0 <= --min-lr ({o.min_lr}) <= --lr ({o.lr}) and --lr > 0")
-    if o.lr_warmup_iters < 0:
-        raise ValueError("--lr-warmup-iters must be >= 0")
-    if o.lr_decay_style not in ("cosine", "linear", "constant"):
-        raise ValueError(f"--lr-decay-style must be cosine, linear or constant, got {o.lr_decay_style!r}")
-    if not (0 <= o.adam_beta1 < 1 and 0 <= o.adam_beta2 < 1) or o.adam_eps <= 0:
-        raise ValueError("Adam betas must be in [0, 1) and eps > 0")
-    if o.weight_decay < 0 or o.clip_grad < 0:
-        raise ValueError("--weight-decay and --clip-grad must be >= 0")
-    if not cfg.data.data_path:
-        raise ValueError("--data-path is required (a Megatron prefix, without .bin/.idx)")
-    if not cfg.data.tokenizer_model:
-        raise ValueError("--tokenizer-model is required (a SentencePiece .model)")

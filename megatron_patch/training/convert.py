@@ -1,10 +1,12 @@
-"""Checkpoint conversion: weights only (`token`) or Hugging Face Llama (`hf`). SRC is only read.
+"""Checkpoint conversion: weights only (`token`), to Hugging Face Llama (`hf`), and from a
+Hugging Face Llama directory (`from_hf`). SRC is only read.
 
 - token: model weights of any checkpoint (full or weights-only, saved at any TP/PP) written as a
   Megatron `release` checkpoint, `DST/release/` + `DST/latest_checkpointed_iteration.txt` =
   "release": no optimizer, scheduler, RNG or step. It loads into the token-level model at any
   TP/PP (dist_checkpointing stores global shapes). This is the hand-over between the stages.
 - hf: the weights in a TP1/PP1 model on CPU, then `megatron_patch.export.hf.export_hf`.
+- from_hf: a `LlamaForCausalLM` directory as a release checkpoint (`export/hf_import.py`).
 
 Needs megatron-core process groups for `parallel` (tools/convert_checkpoint.py sets up a world
 of one; tools/pretrain.py converts in place with its own layout).
@@ -17,23 +19,7 @@ from megatron.core import parallel_state
 
 from megatron_patch.training import checkpointing as ckpt
 from megatron_patch.training.builders import build_chunks
-
-
-def resolve_checkpoint(path: str) -> str:
-    """The checkpoint named by `path`: a checkpoint dir (with the pointer), one iter_*/release
-    dir, or a run directory of tools/pretrain.py (its last stage's latest checkpoint)."""
-    if not os.path.exists(path):
-        raise ckpt.CheckpointError(f"checkpoint {path} does not exist")
-    if not os.path.isfile(os.path.join(path, ckpt.TRACKER)):
-        for stage in ("token", "patch"):  # a run directory: the last stage that saved
-            if os.path.isfile(os.path.join(path, stage, ckpt.TRACKER)):
-                return ckpt.require_checkpoint(os.path.join(path, stage))
-    if os.path.isfile(os.path.join(path, ckpt.TRACKER)):
-        return ckpt.require_checkpoint(path)
-    if os.path.isfile(os.path.join(path, "metadata.json")) or os.path.isfile(os.path.join(path, ckpt.CONFIG_FILE)):
-        ckpt.check_complete(path)
-        return path
-    return ckpt.require_checkpoint(path)  # raises with the "no pointer" message
+from megatron_patch.training.rundir import checkpoint_root, resolve_checkpoint
 
 
 def _saved_dtype(cfg) -> torch.dtype:
@@ -70,7 +56,7 @@ def load_model_for(path: str, parallel, patch_size: int = 1, dtype=None, expect=
 
 def _check_paths(path: str, dst: str) -> None:
     """DST must be apart from the checkpoint directory that holds `path` (it is only read)."""
-    root = os.path.dirname(path) if os.path.isfile(os.path.join(os.path.dirname(path), ckpt.TRACKER)) else path
+    root = checkpoint_root(path)
     a, b = os.path.realpath(root), os.path.realpath(dst)
     if a == b or b.startswith(a + os.sep) or a.startswith(b + os.sep):
         raise ValueError(f"--save {dst} must not be inside (or contain) the checkpoint directory {root}: "
@@ -81,9 +67,7 @@ def convert_to_token(src: str, dst: str, parallel, expect=None) -> str:
     """Weights-only release checkpoint of SRC at DST (all ranks). Returns DST/release."""
     path = resolve_checkpoint(src)
     _check_paths(path, dst)
-    if os.path.isfile(os.path.join(dst, ckpt.TRACKER)) or (
-        os.path.isdir(dst) and os.listdir(dst)
-    ):
+    if os.path.isdir(dst) and os.listdir(dst):
         raise ValueError(f"--save {dst} already exists and is not empty; remove it or pick another")
     cfg, chunks = load_model_for(path, parallel, expect=expect)
     cfg.train.stage = "token"
@@ -103,6 +87,25 @@ def convert_to_hf(src: str, dst: str, tokenizer_model=None, expect=None) -> str:
     if tokenizer_model and not os.path.isfile(tokenizer_model):
         raise ValueError(f"--tokenizer-model {tokenizer_model} not found")
     tok = tokenizer_model or cfg.data.tokenizer_model  # the run's, when it is still there
-    out = export_hf(chunks[0], cfg.model, dst,
-                    tokenizer_model=tok if tok and os.path.isfile(tok) else None)
+    out = export_hf(chunks[0], cfg.model, dst, tokenizer_model=tok if tok and os.path.isfile(tok) else None,
+                    max_positions=_longest_positions(cfg))
     return str(out)
+
+
+def _longest_positions(cfg) -> int:
+    """Transformer positions of the run's longest stage (max_position_embeddings when unset)."""
+    t = cfg.train
+    patch = (t.patch_seq_length or t.seq_length * t.patch_size) // t.patch_size
+    return max(t.seq_length, patch if t.patch_size > 1 else 0)
+
+
+def convert_from_hf(src: str, dst: str, expect=None) -> str:
+    """Release checkpoint at DST of the Hugging Face Llama directory SRC (a world of one)."""
+    from megatron_patch.export.hf_import import import_hf
+
+    if torch.distributed.get_world_size() != 1:
+        raise ValueError("--from hf runs in one process; launch it with python, not torchrun")
+    a, b = os.path.realpath(src), os.path.realpath(dst)
+    if a == b or b.startswith(a + os.sep) or a.startswith(b + os.sep):
+        raise ValueError(f"--save {dst} must be apart from the Hugging Face directory {src} (it is only read)")
+    return import_hf(src, dst, expect=expect)

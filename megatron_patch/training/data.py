@@ -1,4 +1,4 @@
-"""Datasets of a stage and the deterministic, resumable order of its micro-batches.
+"""A stage's data: its training and validation datasets and the resumable order of micro-batches.
 
 Step s of a stage reads the global samples [s*G, (s+1)*G) of the stage's training dataset
 (G = global batch), so the data position is one number, `consumed_samples`, and is the same at
@@ -6,43 +6,30 @@ any data-parallel size. Micro-batch m of DP rank r holds samples
 consumed + m*(mbs*dp) + r*mbs + [0, mbs). Every rank of a TP/PP group reads the same samples
 from the memory-mapped dataset itself (no broadcast needed).
 """
-import os
-from typing import List
+from typing import List, Optional
 
 import torch
+from megatron.core import parallel_state
+
+from megatron_patch import device
 
 
-def data_prefixes(data_path: List[str]) -> List[str]:
-    """The prefixes of ["PREFIX"] or ["w1", "A", "w2", "B"] (Megatron's blend syntax)."""
-    def is_number(s):
-        try:
-            float(s)
-            return True
-        except ValueError:
-            return False
+def build_datasets(cfg, stage, train_samples: int, valid_stage=None, valid_samples: int = 0):
+    """(train dataset at the stage's K and data range or None, validation dataset at
+    valid_stage's K (token level in training) or None)."""
+    d = cfg.data
+    if d.mock_data:
+        from megatron_patch.data.mock import MockPatchDataset
 
-    if len(data_path) > 1 and len(data_path) % 2 == 0 and all(is_number(w) for w in data_path[::2]):
-        return list(data_path[1::2])
-    return list(data_path)
+        vocab = cfg.model.vocab_size
+        train = (MockPatchDataset(train_samples, stage.patch_size, stage.positions, vocab, cfg.train.seed)
+                 if train_samples else None)
+        valid = (MockPatchDataset(valid_samples, valid_stage.patch_size, valid_stage.positions, vocab,
+                                  cfg.train.seed, split=1) if valid_samples else None)
+        return train, valid
 
-
-def check_data_paths(data_path: List[str]) -> None:
-    """Every prefix must have PREFIX.bin and PREFIX.idx (checked on every rank before any collective)."""
-    for prefix in data_prefixes(data_path):
-        missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
-        if missing:
-            raise ValueError(
-                f"--data-path {prefix}: {' and '.join(prefix + e for e in missing)} not found; pass "
-                "the prefix written by tools/preprocess_data.py (without .bin/.idx), e.g. "
-                "data/corpus_text_document"
-            )
-
-
-def build_stage_datasets(cfg, stage, eval_stage, train_samples: int, valid_samples: int):
-    """(train dataset at the stage's K and range, token-level validation dataset or None)."""
     from megatron_patch.data import build_train_valid_test_datasets
 
-    d = cfg.data
     common = dict(seed=cfg.train.seed, align_documents=d.align_documents, cache_dir=d.cache_dir)
     train = None
     if train_samples > 0:
@@ -53,30 +40,33 @@ def build_stage_datasets(cfg, stage, eval_stage, train_samples: int, valid_sampl
     valid = None
     if valid_samples > 0:
         _, valid, _ = build_train_valid_test_datasets(
-            d.data_path, d.split, 1, eval_stage.seq_length, (0, valid_samples, 0), **common,
+            d.data_path, d.split, valid_stage.patch_size, valid_stage.seq_length, (0, valid_samples, 0),
+            **common,
         )
     return train, valid
 
 
-def _collate(items: List[dict], device) -> dict:
+def _collate(items: List[dict], dev) -> dict:
     out = {}
     for key in ("tokens", "labels", "loss_mask", "position_ids"):
-        out[key] = torch.stack([torch.as_tensor(it[key]) for it in items]).to(device, non_blocking=True)
+        out[key] = torch.stack([torch.as_tensor(it[key]) for it in items]).to(dev, non_blocking=True)
     return out
 
 
 class StepBatches:
     """Micro-batches of one global step for this data-parallel rank, resumable by sample count."""
 
-    def __init__(self, dataset, stage, dp_rank: int, dp_size: int):
+    def __init__(self, dataset, stage, dp_rank: Optional[int] = None, dp_size: Optional[int] = None):
         if dataset is None or len(dataset) == 0:
             raise ValueError(f"{stage.name} stage: its dataset is empty; check --data-path and --split")
         self.dataset = dataset
+        self.stage = stage
         self.mbs = stage.micro_batch_size
         self.gbs = stage.global_batch_size
-        self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.num_microbatches = self.gbs // (self.mbs * dp_size)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.dp_rank = parallel_state.get_data_parallel_rank() if dp_rank is None else dp_rank
+        self.dp_size = parallel_state.get_data_parallel_world_size() if dp_size is None else dp_size
+        self.num_microbatches = self.gbs // (self.mbs * self.dp_size)
+        self.device = device.current()
 
     def get(self, consumed_samples: int) -> List[dict]:
         """The micro-batches of the step that starts at global sample `consumed_samples`."""
@@ -88,7 +78,18 @@ class StepBatches:
             batches.append(_collate([self.dataset[(start + i) % n] for i in range(self.mbs)], self.device))
         return batches
 
+    def steps(self, count: int):
+        """The first `count` steps' micro-batches (evaluation reads the same batches every time)."""
+        return (self.get(i * self.gbs) for i in range(count))
 
-def num_valid_samples(eval_stage) -> int:
-    return eval_stage.train_iters * eval_stage.global_batch_size
 
+class StageData:
+    """Everything a stage reads: its training batches and the token-level validation batches."""
+
+    def __init__(self, cfg, stage, eval_stage):
+        train, valid = build_datasets(cfg, stage, stage.train_iters * stage.global_batch_size,
+                                      eval_stage, eval_stage.train_iters * eval_stage.global_batch_size)
+        self.train = StepBatches(train, stage)
+        self.valid = StepBatches(valid, eval_stage) if valid is not None else None
+        self.epochs = float(getattr(train, "epochs", 1.0))
+        """Passes over the stage's share of the data (above 1: it repeats)."""

@@ -9,37 +9,53 @@ import dataclasses
 import math
 from typing import Optional
 
-import torch
 from megatron.core import parallel_state
 
+from megatron_patch import device
 from megatron_patch.config import validate_for
+from megatron_patch.data.paths import check_data_paths
 from megatron_patch.training import checkpointing as ckpt
 from megatron_patch.training.builders import build_chunks
-from megatron_patch.training.convert import resolve_checkpoint
-from megatron_patch.training.data import StepBatches, check_data_paths
+from megatron_patch.training.rundir import resolve_checkpoint
+from megatron_patch.training.data import StepBatches, build_datasets
 from megatron_patch.training.stages import Stage
-from megatron_patch.training.step import evaluate
+from megatron_patch.training.step import evaluate, token_level
 
 
 def _loss_on(cfg, chunks, stage: Stage) -> dict:
     """Mean loss of `chunks` run at K = stage.patch_size on the validation split."""
-    from megatron_patch.data import build_train_valid_test_datasets
-
-    d = cfg.data
-    # The same arguments as the trainer's validation set (data.build_stage_datasets).
-    _, valid, _ = build_train_valid_test_datasets(
-        d.data_path, d.split, stage.patch_size, stage.seq_length,
-        (0, stage.train_iters * stage.global_batch_size, 0), seed=cfg.train.seed,
-        align_documents=d.align_documents, cache_dir=d.cache_dir,
-    )
+    _, valid = build_datasets(cfg, stage, 0, stage, stage.train_iters * stage.global_batch_size)
     if valid is None:
-        raise ValueError(f"the validation split of --split {d.split} is empty; give it a share")
-    batches = StepBatches(valid, stage, parallel_state.get_data_parallel_rank(),
-                          parallel_state.get_data_parallel_world_size())
+        raise ValueError(f"the validation split of --split {cfg.data.split} is empty; give it a share")
     for c in chunks:
         c.patch_size = stage.patch_size
-    steps = (batches.get(i * stage.global_batch_size) for i in range(stage.train_iters))
-    return evaluate(chunks, steps, stage)
+    return evaluate(chunks, StepBatches(valid, stage).steps(stage.train_iters), stage)
+
+
+class Evaluator:
+    """Token-level validation during training: every --eval-interval steps and at a stage's end."""
+
+    def __init__(self, model: list, batches: Optional[StepBatches], interval: Optional[int], logger):
+        self.model = model
+        self.batches = batches  # None: --eval-iters 0, no validation
+        self.interval = interval
+        self.logger = logger
+
+    def due(self, step: int) -> bool:
+        return self.batches is not None and bool(self.interval) and step % self.interval == 0
+
+    def run(self, stage: Stage, state) -> Optional[dict]:
+        """Validate, write an eval record; returns it (None without validation data)."""
+        if self.batches is None:
+            return None
+        ev = self.batches.stage
+        with token_level(self.model):
+            result = evaluate(self.model, self.batches.steps(ev.train_iters), ev)
+        record = {"kind": "eval", "stage": stage.name, "patch_size": stage.patch_size,
+                  "step": state.step, "val_loss": result["loss"], "val_ppl": result["ppl"],
+                  **state.cumulative()}
+        self.logger.write(record)
+        return record
 
 
 def evaluate_checkpoint(load: str, data_path, tokenizer_model: str, parallel, patch_size: int = 1,
@@ -85,7 +101,7 @@ def evaluate_checkpoint(load: str, data_path, tokenizer_model: str, parallel, pa
     if gbs % (mbs * dp):
         raise ValueError(f"--global-batch-size {gbs} is not a multiple of micro batch {mbs} x DP {dp}")
     validate_for(cfg.model, cfg.parallel, 1, seq)
-    dtype = torch.bfloat16 if (t.bf16 and torch.cuda.is_available()) else torch.float32
+    dtype = device.compute_dtype(t.bf16)
     chunks = build_chunks(cfg, 1, dtype)
     for c in chunks:
         c.config.calculate_per_token_loss = True

@@ -1,26 +1,18 @@
 """Checks of a run config against files and the launch, before any heavy import or process group.
 
 Everything a user can get wrong in flags (budget, batch divisibility, K vs sequence lengths,
-missing data or tokenizer, bf16 without a GPU) fails here in a second or two, on every rank
-alike, with a message that says the fix; nothing hangs waiting on a rank that already failed.
+missing data or tokenizer, a used run directory, a bad --load) fails here in a second or two, on
+every rank alike, with a message that says the fix; nothing hangs waiting on a rank that already
+failed. `resolve` fills in what the run derives (vocab_size from the tokenizer, the dtype, the
+position count) and runs once per launch: the Trainer refuses an unresolved config.
 """
 import os
 
-import torch
-
-from megatron_patch.training.config import RunConfig, check
-from megatron_patch.training.data import check_data_paths
+from megatron_patch import device
+from megatron_patch.data.paths import check_data_paths
+from megatron_patch.training.config import RunConfig
+from megatron_patch.training.ownership import check_launch
 from megatron_patch.training.stages import plan_stages
-
-
-def compute_dtype(cfg) -> torch.dtype:
-    """bf16 on GPU, fp32 on CPU unless --bf16/--fp32 say otherwise."""
-    bf16 = cfg.train.bf16
-    if bf16 is None:
-        bf16 = torch.cuda.is_available()
-    if bf16 and not torch.cuda.is_available():
-        raise ValueError("--bf16 needs a GPU here; on CPU train in fp32 (drop --bf16 or pass --fp32)")
-    return torch.bfloat16 if bf16 else torch.float32
 
 
 def data_parallel_size(cfg) -> int:
@@ -36,16 +28,24 @@ def data_parallel_size(cfg) -> int:
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Validate and fill what the run derives: vocab_size from the tokenizer, the dtype."""
+    """Check `cfg` against the files and the launch and fill in what the run derives."""
     from megatron_patch.data import load_tokenizer
 
-    check(cfg)
+    if getattr(cfg, "resolved", False):
+        return cfg
     if not cfg.checkpoint.save:
         raise ValueError("--save is required: the run directory for checkpoints and metrics")
-    check_data_paths(cfg.data.data_path)
-    cfg.model.vocab_size = load_tokenizer(cfg.data.tokenizer_model).vocab_size
-    cfg.train.bf16 = compute_dtype(cfg) == torch.bfloat16
-    if cfg.checkpoint.init_from and not os.path.isdir(cfg.checkpoint.init_from):
+    check_launch(cfg)
+    d = cfg.data
+    if not d.mock_data:
+        check_data_paths(d.data_path)
+    cfg.model.vocab_size = load_tokenizer(d.tokenizer_model, tokenizer_type=d.tokenizer_type,
+                                          vocab_size=d.vocab_size).vocab_size
+    cfg.train.bf16 = device.compute_dtype(cfg.train.bf16) == device.compute_dtype(True)
+    if cfg.checkpoint.init_from and not os.path.exists(cfg.checkpoint.init_from):
         raise ValueError(f"--init-from {cfg.checkpoint.init_from} does not exist")
-    plan_stages(cfg, data_parallel_size(cfg))  # batch / length / warmup checks per stage
+    stages = plan_stages(cfg, data_parallel_size(cfg))  # batch / length / warmup checks per stage
+    if cfg.model.max_position_embeddings is None:
+        cfg.model.max_position_embeddings = max(s.positions for s in stages)
+    cfg.resolved = True
     return cfg

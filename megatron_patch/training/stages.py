@@ -10,9 +10,8 @@ tokens per step (B / patch_seq_length sequences: K times fewer), so it runs lamb
 Each stage has its own optimizer, LR schedule (warmup + decay over its own steps) and data range.
 """
 import math
-import os
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from megatron_patch.config import validate_for
 
@@ -50,12 +49,18 @@ class Stage:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        return (f"{self.name} K={self.patch_size} {self.train_iters} steps x {self.global_batch_size} "
+                f"seq x {self.seq_length} tok, data {self.train_range[0]:.3g}-{self.train_range[1]:.3g}")
+
 
 def total_steps(cfg) -> int:
     """N: the budget in token-stage steps."""
     t = cfg.train
     if t.train_iters is not None:
         return t.train_iters
+    if t.train_samples is not None:
+        return math.ceil(t.train_samples / t.global_batch_size)
     return math.ceil(t.train_tokens / (t.global_batch_size * t.seq_length))
 
 
@@ -126,17 +131,3 @@ def stages_to_run(cfg, stages: List[Stage]) -> List[Stage]:
             f"(planned: {[s.name for s in stages]})"
         )
     return chosen
-
-
-def stage_dir(run_dir: str, stage: Stage) -> str:
-    return os.path.join(run_dir, stage.name)
-
-
-def weights_dir(run_dir: str, stage: Stage) -> str:
-    """Where a stage's final checkpoint is converted to weights only (input of the next stage)."""
-    return os.path.join(run_dir, f"{stage.name}_weights")
-
-
-def previous(stages: List[Stage], stage: Stage) -> Optional[Stage]:
-    i = [s.name for s in stages].index(stage.name)
-    return stages[i - 1] if i > 0 else None

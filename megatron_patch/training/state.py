@@ -28,9 +28,21 @@ class TrainState:
     """Token-level validation loss at the end of the stage (set when the stage completes)."""
     val_ppl: Optional[float] = None
     """exp(val_loss)."""
+    completed: bool = False
+    """True in the checkpoint saved after the stage's last step: the stage may be handed over."""
+    skipped_steps: int = 0
+    """Steps whose update was withheld because the loss or gradient norm was not finite."""
     history: List[dict] = field(default_factory=list)
     """Accounts of the stages completed before this one: {stage, patch_size, steps, tokens,
     flops, wall_s, val_loss, val_ppl}."""
+
+    def advance(self, stage, flops: float, seconds: float) -> None:
+        """Count one optimizer step of `stage` (applied or skipped: its data is consumed either way)."""
+        self.step += 1
+        self.consumed_samples += stage.global_batch_size
+        self.tokens += stage.tokens_per_step
+        self.flops += flops
+        self.wall_s += seconds
 
     def account(self) -> dict:
         """This stage's account for compute.json."""
@@ -52,3 +64,8 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":
         return cls(**d)
+
+    @classmethod
+    def from_checkpoint(cls, common: dict) -> "TrainState":
+        """The TrainState in a checkpoint's common state (see checkpointing.common_state)."""
+        return cls.from_dict(common["train_state"])

@@ -9,13 +9,16 @@ T = positions (patches), not T*K tokens.
 """
 import contextlib
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import List
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_patch import device
 from megatron_patch.training.builders import unwrap
 
 
@@ -33,13 +36,9 @@ def forward_step(data_iterator, model):
     return out, partial(_loss_func, batch["loss_mask"])
 
 
-def _device():
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _reduce_loss(outputs: List[dict]):
     """(loss sum, token count) over everything the step saw, on every rank (a host sync)."""
-    acc = torch.zeros(2, dtype=torch.float64, device=_device())
+    acc = torch.zeros(2, dtype=torch.float64, device=device.current())
     for out in outputs:  # non-empty only on the last pipeline stage
         acc += out["loss"].to(acc)
     torch.distributed.all_reduce(acc, group=parallel_state.get_data_parallel_group())
@@ -62,21 +61,60 @@ def _run_schedule(model: list, batches: List[dict], stage, forward_only: bool):
     )
 
 
-def train_step(model: list, optimizer, scheduler, batches: List[dict], stage):
-    """Forward/backward over the step's micro-batches, optimizer and LR update.
+@dataclass
+class StepResult:
+    loss: float
+    """Mean per-token loss of the step (every rank the same)."""
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    lr: float
+    """Learning rate the step used."""
+    applied: bool
+    """False when the update was withheld: the loss or the gradient norm was not finite."""
 
-    Returns (loss, grad_norm, lr used for this step).
+
+def _all_ranks_finite(*values: float) -> bool:
+    """True only if every value is finite on every rank (one scalar all-reduce)."""
+    bad = torch.tensor([0.0 if all(math.isfinite(v) for v in values) else 1.0], device=device.current())
+    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bad.item() == 0.0
+
+
+@torch.no_grad()
+def _clip(optimizer, max_norm: float, total_norm: float) -> None:
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        params = opt.get_parameters()
+        if params and not getattr(opt, "is_stub_optimizer", False):
+            clip_grad_by_total_norm_fp32(
+                params, max_norm=max_norm, total_norm=total_norm,
+                use_decoupled_grad=opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8,
+            )
+
+
+def train_step(model: list, optimizer, scheduler, batches: List[dict], stage) -> StepResult:
+    """Forward/backward over the step's micro-batches, then the update unless it is not finite.
+
+    The update follows megatron-core's optimizer step (prepare grads, global norm, clip, inner
+    step), with one check in between: if the loss or the gradient norm is NaN/Inf on any rank,
+    no rank applies the update and the LR schedule does not advance (`applied=False`).
     """
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     lr = optimizer.param_groups[0]["lr"]
     outputs = _run_schedule(model, batches, stage, forward_only=False)
-    ok, grad_norm, _ = optimizer.step()
-    if ok:  # only fp16 loss scaling ever skips a step
-        scheduler.step(increment=1)
     total, count = _reduce_loss(outputs)
-    return total / max(count, 1.0), float(grad_norm) if grad_norm is not None else float("nan"), lr
+    loss = total / max(count, 1.0)
+    overflow = optimizer.prepare_grads()  # only fp16 loss scaling reports an overflow
+    grad_norm = float(optimizer.get_grad_norm() or 0.0)
+    if overflow or not _all_ranks_finite(loss, grad_norm):
+        return StepResult(loss, grad_norm, lr, applied=False)
+    clip = optimizer.config.clip_grad
+    if clip > 0:
+        _clip(optimizer, clip, grad_norm)
+    if optimizer.step_with_ready_grads():
+        scheduler.step(increment=1)
+    return StepResult(loss, grad_norm, lr, applied=True)
 
 
 @contextlib.contextmanager

@@ -1,35 +1,24 @@
-"""TP=2 with sequence parallel against TP=1, sdpa layer spec, fp32, a few Adam steps.
+"""TP=2 with sequence parallel against TP=1 (sdpa layer spec, fp32, a few Adam steps), built and
+stepped by the product's own builders and train step.
 
-Run by tests/test_sequence_parallel.py (2 processes, gloo, CPU):
+Run by tests/distributed/test_sequence_parallel.py (2 processes, gloo, CPU):
     torchrun --nproc_per_node 2 tests/distributed/sp_worker.py --patch-sizes 1,4 --steps 8
-In one launch and for each K: train at TP=1 (the two ranks are identical data-parallel
-replicas), then at TP=2 with sequence_parallel=True, from the same weights
-(use_cpu_initialization) and the same batches. Gradients are compared in the worker (after
-gathering the TP shards to full tensors) so only per-parameter differences travel back.
+In one launch and for each K: train at TP=1 (DP=2), then at TP=2 with sequence_parallel, from
+the same weights (use_cpu_initialization) and the same global batches. Gradients are compared in
+the worker (after gathering the TP shards to full tensors), so only differences travel back.
 """
 import argparse
+import os
+import tempfile
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.distributed import (
-    DistributedDataParallel,
-    DistributedDataParallelConfig,
-    finalize_model_grads,
-)
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from megatron_patch import distributed
-from megatron_patch.config import ParallelConfig, get_preset, validate_for
-from megatron_patch.model import build_model
 from tests._torchrun import write_result
+from tests.distributed.harness import StageHarness
 
-BATCH, PATCHES = 2, 16
-
-
-def batch(step, K, vocab):
-    g = torch.Generator().manual_seed(100 + step)
-    seq = torch.randint(0, vocab, (BATCH, (PATCHES + 1) * K), generator=g)
-    return seq[:, : PATCHES * K], seq[:, K:]
+PATCHES = 16
 
 
 def full_tensor(param, value):
@@ -48,43 +37,44 @@ def full_tensor(param, value):
     return torch.cat(pieces, dim=dim)
 
 
-def train(K, tp, cfg, steps):
-    par = ParallelConfig(tensor_model_parallel_size=tp, sequence_parallel=tp > 1)
-    validate_for(cfg, par, K, PATCHES * K)
-    distributed.initialize(par, seed=1234)
-    model = build_model(cfg, par, patch_size=K)
-    assert model.config.sequence_parallel == (tp > 1)
+def flags(K, tp, steps, groups):
+    out = ["--model", "tiny", "--transformer-impl", "sdpa", "--group-query-attention",
+           "--num-query-groups", groups, "--seq-length", PATCHES, "--micro-batch-size", 1,
+           "--global-batch-size", 2, "--lr", 1e-3, "--min-lr", 1e-3, "--lr-decay-style", "constant",
+           "--lr-warmup-iters", 0, "--tensor-model-parallel-size", tp]
+    if tp > 1:
+        out.append("--sequence-parallel")
+    if K == 1:
+        out += ["--train-iters", steps]
+    else:
+        out += ["--train-iters", steps * K, "--patch-size", K, "--patch-fraction", 1,
+                "--patch-batch-policy", "same_sequences"]
+    return [str(x) for x in out]
+
+
+def train(K, tp, steps, groups, save):
+    h = StageHarness(flags(K, tp, steps, groups), os.path.join(save, f"K{K}tp{tp}"))
+    model = h.chunks[0]
+    assert model.config.sequence_parallel == (tp > 1) and h.stage.train_iters == steps
     seen_len = []
     model.decoder.layers[0].input_layernorm.register_forward_hook(
-        lambda mod, inp, out: seen_len.append(inp[0].size(0))
-    )
-    ddp = DistributedDataParallel(
-        model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model
-    )
-    opt = get_megatron_optimizer(
-        OptimizerConfig(
-            optimizer="adam", lr=1e-3, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
-            clip_grad=1.0, bf16=False, fp16=False, params_dtype=torch.float32,
-        ),
-        [ddp],
-    )
+        lambda mod, inp, out: seen_len.append(inp[0].size(0)))
     named = list(model.named_parameters())
-    losses, grads, partial = [], {}, {}
+    partial = {}
+    h._ready()
+    finalize = model.config.finalize_model_grads_func
+
+    def capture_then_finalize(*args, **kwargs):
+        if not partial:  # this rank's own norm grads of step 0, before the SP/DP all-reduce
+            partial.update({n: p.main_grad.clone() for n, p in named if "layernorm" in n})
+        return finalize(*args, **kwargs)
+
+    model.config.finalize_model_grads_func = capture_then_finalize
+    losses, grads = [], {}
     for step in range(steps):
-        tokens, labels = batch(step, K, cfg.vocab_size)
-        ddp.zero_grad_buffer()
-        opt.zero_grad()
-        loss = ddp(tokens, None, None, labels=labels).mean()
-        # A plain backward: SP's backward gathers allocate on current_device(), which the
-        # CPU compat layer must keep rewriting inside autograd (regression test for that).
-        loss.backward()
-        if step == 0:  # this rank's own norm grads, before the SP all-reduce
-            partial = {n: p.main_grad.clone() for n, p in named if "layernorm" in n}
-        finalize_model_grads([ddp])
-        if step in (0, steps - 1):
+        losses.append(h.step().loss)
+        if step in (0, steps - 1):  # main grads stay in the DDP buffers until the next step
             grads[step] = {n: full_tensor(p, p.main_grad) for n, p in named}
-        opt.step()
-        losses.append(loss.item())
     weights = {n: full_tensor(p, p.detach()) for n, p in named}
     return {"losses": losses, "grads": grads, "partial": partial, "weights": weights,
             "norm_input_len": seen_len[0]}
@@ -101,11 +91,11 @@ def main():
     ap.add_argument("--patch-sizes", default="1,4")
     ap.add_argument("--num-query-groups", type=int, default=2)
     args = ap.parse_args()
-    cfg = get_preset("tiny", transformer_impl="sdpa", num_query_groups=args.num_query_groups)
+    save = tempfile.mkdtemp(prefix="sp-")
     result = {}
     for K in map(int, args.patch_sizes.split(",")):
-        ref = train(K, 1, cfg, args.steps)
-        sp = train(K, 2, cfg, args.steps)
+        ref = train(K, 1, args.steps, args.num_query_groups, save)
+        sp = train(K, 2, args.steps, args.num_query_groups, save)
         last = args.steps - 1
         result[str(K)] = {
             "tp1_losses": ref["losses"],

@@ -1,0 +1,171 @@
+"""The layout of a run directory and of its checkpoint directories: the only module that knows it.
+
+    SAVE/                              a run of tools/pretrain.py (--save)
+      patch/  token/                   one checkpoint directory per stage (named after the stage)
+      patch_weights/                   the patch stage's final weights, the token stage's start
+      metrics.jsonl  compute.json      metrics records; the compute account (written last)
+      tensorboard/  run.json  .lock    TensorBoard events; what the run is; the live-run lock
+
+    CKPT_DIR/                          a checkpoint directory (Megatron's layout)
+      iter_0000020/                    one checkpoint: tensors, common state, config.yaml
+      release/                         a weights-only checkpoint
+      latest_checkpointed_iteration.txt   "20" or "release": written last, after every rank saved
+
+Nothing here imports torch: analysis code and the CLIs read runs through these functions too.
+"""
+import os
+from typing import List, Optional
+
+TRACKER = "latest_checkpointed_iteration.txt"
+RELEASE = "release"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+COMPUTE_FILE = "compute.json"
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+TENSORBOARD_DIR = "tensorboard"
+STAGE_NAMES = ("patch", "token")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, unreadable or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def stage_dir(run_dir: str, stage: str) -> str:
+    """Checkpoint directory of a stage (`stage` is the stage's name)."""
+    return os.path.join(run_dir, stage)
+
+
+def weights_dir(run_dir: str, stage: str) -> str:
+    """Where a stage's final checkpoint is converted to weights only (the next stage's start)."""
+    return os.path.join(run_dir, f"{stage}_weights")
+
+
+def metrics_path(run_dir: str) -> str:
+    return os.path.join(run_dir, METRICS_FILE)
+
+
+def compute_path(run_dir: str) -> str:
+    return os.path.join(run_dir, COMPUTE_FILE)
+
+
+def run_file(run_dir: str) -> str:
+    return os.path.join(run_dir, RUN_FILE)
+
+
+def lock_path(run_dir: str) -> str:
+    return os.path.join(run_dir, LOCK_FILE)
+
+
+def tensorboard_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, TENSORBOARD_DIR)
+
+
+def is_finished(run_dir: str) -> bool:
+    """A run is finished when its compute account exists (the trainer writes it last)."""
+    return os.path.isfile(compute_path(run_dir))
+
+
+def checkpoint_dirs(run_dir: str) -> List[str]:
+    """Checkpoint directories (holding a pointer file) directly under a run directory."""
+    if not os.path.isdir(run_dir):
+        return []
+    return sorted(os.path.join(run_dir, d) for d in os.listdir(run_dir)
+                  if os.path.isfile(os.path.join(run_dir, d, TRACKER)))
+
+
+def holds_run(run_dir: str) -> bool:
+    """Whether a directory already holds (part of) a run: checkpoints, metrics or an account."""
+    return bool(checkpoint_dirs(run_dir)) or any(
+        os.path.exists(p) for p in (metrics_path(run_dir), compute_path(run_dir), run_file(run_dir))
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoint directory
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, TRACKER))
+
+
+def iteration_name(step: int) -> str:
+    return f"iter_{step:07d}"
+
+
+def read_tracker(ckpt_dir: str) -> Optional[str]:
+    """The latest checkpoint's sub-directory name ("iter_0000020" / "release"), None if none."""
+    path = os.path.join(ckpt_dir, TRACKER)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        text = f.read().strip()
+    if text == RELEASE:
+        return RELEASE
+    if not text.isdigit():
+        raise CheckpointError(f"{path} holds {text!r}, not an iteration number or 'release'")
+    return iteration_name(int(text))
+
+
+def tracker_text(step: Optional[int]) -> str:
+    """What the pointer file holds: the step, or "release" for weights only (step None)."""
+    return RELEASE if step is None else str(step)
+
+
+def check_complete(path: str) -> None:
+    """Raise CheckpointError unless `path` has everything a finished save writes."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} named by {TRACKER} does not exist")
+    needed = ["metadata.json", "common.pt", ".metadata", CONFIG_FILE]
+    missing = [n for n in needed if not os.path.isfile(os.path.join(path, n))]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: missing {missing}")
+    if not any(n.endswith(".distcp") for n in os.listdir(path)):
+        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: no tensor shards")
+
+
+def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
+    """Path of the newest complete checkpoint in ckpt_dir, or None when ckpt_dir has none."""
+    name = read_tracker(ckpt_dir)
+    if name is None:
+        return None
+    path = os.path.join(ckpt_dir, name)
+    check_complete(path)
+    return path
+
+
+def require_checkpoint(ckpt_dir: str) -> str:
+    """Like latest_checkpoint, but a missing checkpoint is an error that says what to pass."""
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
+    path = latest_checkpoint(ckpt_dir)
+    if path is None:
+        raise CheckpointError(
+            f"{ckpt_dir} has no {TRACKER}: not a checkpoint directory, or no checkpoint was "
+            "completed there (pass the directory that holds iter_*/ or release/)"
+        )
+    return path
+
+
+def resolve_checkpoint(path: str) -> str:
+    """The checkpoint `path` names: a checkpoint directory (its latest), one iter_*/release
+    directory, or a run directory (its last stage's latest checkpoint)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if is_checkpoint_dir(path):
+        return require_checkpoint(path)
+    for stage in reversed(STAGE_NAMES):  # a run directory: the last stage that saved
+        if is_checkpoint_dir(stage_dir(path, stage)):
+            return require_checkpoint(stage_dir(path, stage))
+    if os.path.isfile(os.path.join(path, "metadata.json")) or os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        check_complete(path)
+        return path
+    return require_checkpoint(path)  # raises with the "no pointer" message
+
+
+def checkpoint_root(path: str) -> str:
+    """The checkpoint directory that holds checkpoint `path` (itself if it has the pointer)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    return parent if is_checkpoint_dir(parent) else path
