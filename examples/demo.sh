@@ -117,8 +117,8 @@ if [[ "$HF_EXPORT" == 1 ]]; then
     "$PY" tools/convert_checkpoint.py --load "$OUT/patch_k4/token" --save "$OUT/patch_k4/hf" --to hf
 fi
 
-say "report (examples/demo_report.py)"
-"$PY" examples/demo_report.py \
+say "report (python -m megatron_patch.cli.demo_report)"
+"$PY" -m megatron_patch.cli.demo_report \
     --run "token-only=$OUT/token_only" --run "patch-K$K=$OUT/patch_k4" \
     --eval "token-only=$OUT/token_only/heldout_eval.json" --eval "patch-K$K=$OUT/patch_k4/heldout_eval.json" \
     --out "$OUT"

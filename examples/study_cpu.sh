@@ -49,7 +49,7 @@ say "grid (tools/study.py)"
     --keep-going -- --config examples/configs/study_cpu.yaml
 
 say "neuron activation (tools/neuron_activation.py)"
-"$PY" tools/neuron_activation.py --load "$OUT/runs/$CENTRE/patch" --data-path "$DATA_DIR/train_text_document" \
+"$PY" tools/neuron_activation.py --definition gate --load "$OUT/runs/$CENTRE/patch" --data-path "$DATA_DIR/train_text_document" \
     --patch-size 4 --seq-length 1024 --num-samples 8 --csv "$OUT/neurons.csv" --plot "$OUT/neurons.png" \
     | tee "$OUT/neurons.md"
 

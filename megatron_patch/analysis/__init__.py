@@ -1,6 +1,8 @@
-"""Analysis tooling: the two-stage study grid and its results table and plots (`study`,
-`results`, `plots`), FFN neuron activation shares (`activation`), and atomic file writes (`io`).
+"""Analysis of finished runs: the two-stage study grid and its results table and plots (`study`,
+`results`, `plots`), FFN neuron activation shares and their tables (`activation`,
+`activation_report`), and the CPU demo's report (`demo`).
 
 These modules only read what the trainer writes (SAVE/metrics.jsonl, SAVE/compute.json,
-checkpoints) and launch tools/pretrain.py; they change nothing in the model or the loop.
+checkpoints; training/rundir.py knows where) and launch tools/pretrain.py; they change nothing
+in the model or the loop.
 """

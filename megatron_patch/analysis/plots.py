@@ -8,8 +8,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
 
-from megatron_patch.analysis.io import save_figure  # noqa: E402
 from megatron_patch.analysis.results import eval_curve  # noqa: E402
+from megatron_patch.io import save_figure  # noqa: E402
 
 FLOPS_PLOT = "val_loss_vs_flops.png"
 K_LAMBDA_PLOT = "val_loss_vs_K_lambda.png"

@@ -17,7 +17,9 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from megatron_patch.analysis.study import RunSpec, is_finished
+from megatron_patch.analysis.study import RunSpec
+from megatron_patch.training import rundir
+from megatron_patch.training.metrics import read_metrics
 
 COMPUTE_KEYS = ("stages", "total_flops", "token_only_flops", "final_val_loss")
 
@@ -51,7 +53,7 @@ class RunRecordError(ValueError):
 
 
 def read_compute(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "compute.json")
+    path = rundir.compute_path(run_dir)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -63,26 +65,6 @@ def read_compute(run_dir: str) -> dict:
     if missing:
         raise RunRecordError(f"{path} lacks {missing}; was it written by tools/pretrain.py?")
     return data
-
-
-def read_metrics(run_dir: str) -> List[dict]:
-    """Records of metrics.jsonl; an incomplete last line (a killed run) is ignored."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # a write cut short by a crash
-            raise RunRecordError(f"{path}:{i + 1}: not valid JSON") from None
-    return records
 
 
 def eval_curve(run_dir: str) -> List[dict]:
@@ -135,7 +117,7 @@ def collect(specs: Sequence[RunSpec], runs_dir: str) -> List[dict]:
     rows = []
     for spec in specs:
         run_dir = os.path.join(runs_dir, spec.name)
-        if is_finished(run_dir):
+        if rundir.is_finished(run_dir):
             rows.append(run_row(spec, run_dir))
         else:
             status = "unfinished" if os.path.isdir(run_dir) else "not run"

@@ -5,8 +5,13 @@ policies at one token budget B (or, with design "star", one axis at a time aroun
 data; 0.5x: the compute of K=4, lambda=2/3). Every run trains on the same corpus, tokenizer,
 model and flags, so the trainer's token-level validation uses the same held-out split for all.
 
-A run is finished when RUN_DIR/compute.json exists (the trainer writes it last); finished runs
-are skipped, unfinished ones are relaunched with `--load RUN_DIR` when they left a checkpoint.
+A run is finished when its compute account exists (`rundir.is_finished`: the trainer writes it
+last); finished runs are skipped, unfinished ones are relaunched with `--load RUN_DIR` when they
+left a checkpoint.
+
+    specs = build_grid(4_000_000, [2, 4, 8], [2 / 3])
+    outcomes = launch_all(specs, runs_dir, logs_dir, common_flags(...))   # tools/study.py
+    rows = write_report(specs, runs_dir, out_dir, setup)                  # results.csv/.md, plots
 """
 import os
 import subprocess
@@ -14,11 +19,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
+
+from megatron_patch import io
+from megatron_patch.data.paths import check_data_paths
+from megatron_patch.training import rundir
 
 POLICIES = ("same_tokens", "same_sequences")
 DESIGNS = ("cross", "star")
-TRACKER = "latest_checkpointed_iteration.txt"
+LAUNCHERS = ("torchrun", "python")
+DEFAULT_PRETRAIN = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "tools", "pretrain.py"))
 RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # Flags the driver sets per run; passing them through would make runs disagree with the table.
 MANAGED_FLAGS = ("--save", "--load", "--patch-size", "--patch-fraction", "--patch-batch-policy",
@@ -152,15 +162,9 @@ def check_passthrough(extra: Sequence[str]) -> None:
         )
 
 
-def is_finished(run_dir: str) -> bool:
-    return os.path.isfile(os.path.join(run_dir, "compute.json"))
-
-
 def has_checkpoint(run_dir: str) -> bool:
     """True when a stage of the run left a checkpoint to resume from."""
-    if not os.path.isdir(run_dir):
-        return False
-    return any(os.path.isfile(os.path.join(run_dir, d, TRACKER)) for d in os.listdir(run_dir))
+    return bool(rundir.checkpoint_dirs(run_dir))
 
 
 def launch_command(
@@ -174,7 +178,7 @@ def launch_command(
 ) -> List[str]:
     """torchrun (as `python -m torch.distributed.run`, the same interpreter) + tools/pretrain.py;
     launcher "python" runs one plain process instead (a world of one, no rendezvous)."""
-    pretrain = pretrain or os.path.join(os.path.dirname(__file__), "..", "..", "tools", "pretrain.py")
+    pretrain = pretrain or DEFAULT_PRETRAIN
     if launcher == "torchrun":
         prefix = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                   str(nproc_per_node)]
@@ -226,7 +230,7 @@ def precheck(specs: Sequence[RunSpec], runs_dir: str, common: Sequence[str], npr
     before the first launch, so run 15 of a grid cannot fail on its config hours in.
     Raises ValueError naming the run. Only for this project's tools/pretrain.py."""
     from megatron_patch.training.config import parse_config
-    from megatron_patch.training.loop import resolve
+    from megatron_patch.training.preflight import resolve
     from megatron_patch.training.stages import plan_stages
 
     for spec in specs:
@@ -244,3 +248,87 @@ def precheck(specs: Sequence[RunSpec], runs_dir: str, common: Sequence[str], npr
             plan_stages(cfg, nproc_per_node // model_parallel)
         except ValueError as err:
             raise ValueError(f"run {spec.name}: {err}") from None
+
+
+def common_flags(data_path: Optional[Sequence[str]], tokenizer_model: Optional[str],
+                 model: Optional[str], extra: Sequence[str] = ()) -> List[str]:
+    """The tools/pretrain.py flags every run of the grid shares."""
+    flags = []
+    if data_path:
+        flags += ["--data-path", *data_path]
+    if tokenizer_model:
+        flags += ["--tokenizer-model", tokenizer_model]
+    if model:
+        flags += ["--model", model]
+    return flags + list(extra)
+
+
+def check_inputs(pretrain: str, data_path: Optional[Sequence[str]], tokenizer_model: Optional[str],
+                 nproc_per_node: int, launcher: str) -> None:
+    """ValueError on what would fail every launch, before the first one."""
+    if not os.path.isfile(pretrain):
+        raise ValueError(f"trainer {pretrain} not found")
+    if data_path:
+        check_data_paths(data_path)
+    if tokenizer_model and not os.path.isfile(tokenizer_model):
+        raise ValueError(f"--tokenizer-model {tokenizer_model} not found")
+    if nproc_per_node < 1:
+        raise ValueError("--nproc-per-node must be >= 1")
+    if launcher == "python" and nproc_per_node != 1:
+        raise ValueError("--launcher python runs one process; use torchrun for --nproc-per-node > 1")
+
+
+def launch_all(specs: Sequence[RunSpec], runs_dir: str, logs_dir: str, common: Sequence[str],
+               nproc_per_node: int = 1, pretrain: Optional[str] = None, launcher: str = "torchrun",
+               keep_going: bool = False, log: Callable[..., None] = print) -> List[Outcome]:
+    """Launch every unfinished run in order; stops at the first failure unless keep_going.
+
+    `log(line, error=False)` receives the progress lines (a failure with its log's tail)."""
+    outcomes = []
+    os.makedirs(runs_dir, exist_ok=True)
+    for i, spec in enumerate(specs, 1):
+        run_dir = os.path.join(runs_dir, spec.name)
+        if rundir.is_finished(run_dir):
+            log(f"[{i}/{len(specs)}] {spec.name}: finished, skipped")
+            outcomes.append(Outcome(spec.name, "skipped"))
+            continue
+        cmd = launch_command(spec, run_dir, common, nproc_per_node, pretrain, launcher)
+        log_path = os.path.join(logs_dir, f"{spec.name}.log")
+        resumed = " (resuming)" if "--load" in cmd else ""
+        log(f"[{i}/{len(specs)}] {spec.name}{resumed}: log {log_path}")
+        rc, seconds = run_one(cmd, log_path)
+        ok = rc == 0 and rundir.is_finished(run_dir)
+        outcomes.append(Outcome(spec.name, "done" if ok else "failed", seconds, log_path, rc))
+        if ok:
+            log(f"    done in {seconds:.1f} s")
+            continue
+        why = f"exit status {rc}" if rc else f"exit status 0 but no {rundir.COMPUTE_FILE}"
+        log(f"    FAILED ({why}) after {seconds:.1f} s; last lines of {log_path}:\n{tail(log_path)}",
+            error=True)
+        if not keep_going:
+            break
+    return outcomes
+
+
+def write_report(specs: Sequence[RunSpec], runs_dir: str, out_dir: str,
+                 setup: Dict[str, str]) -> List[dict]:
+    """OUT/results.csv, OUT/results.md and the plots from what the runs left; returns the rows."""
+    from megatron_patch.analysis import plots, results
+
+    rows = results.collect(specs, runs_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    drawn = []
+    if plots.plot_loss_vs_flops(rows, runs_dir, os.path.join(out_dir, plots.FLOPS_PLOT)):
+        drawn.append(plots.FLOPS_PLOT)
+    if plots.plot_loss_vs_k_lambda(rows, os.path.join(out_dir, plots.K_LAMBDA_PLOT)):
+        drawn.append(plots.K_LAMBDA_PLOT)
+    io.write_text(os.path.join(out_dir, "results.csv"), results.to_csv(rows))
+    io.write_text(os.path.join(out_dir, "results.md"), results.to_markdown(rows, setup, drawn))
+    return rows
+
+
+def write_grid(path: str, specs: Sequence[RunSpec], runs_dir: str, common: Sequence[str],
+               nproc_per_node: int) -> None:
+    """OUT/grid.json: what the study launches (the runs and the shared flags)."""
+    io.write_json(path, {"runs_dir": os.path.abspath(runs_dir), "common_flags": list(common),
+                         "nproc_per_node": nproc_per_node, "runs": [s.to_dict() for s in specs]})

@@ -6,41 +6,25 @@
 `model` is an unwrapped PatchGPTModel (or GPTModel) built at TP=1, PP=1 with its weights loaded
 (`tools/convert_checkpoint.py --to hf` does that and calls this). The directory gets
 config.json, model.safetensors and, with `tokenizer_model`, the tokenizer files
-(megatron_patch/export/tokenizer.py). It is written to a temporary sibling and renamed into
-place only when complete, so a failed export leaves nothing behind.
+(megatron_patch/export/tokenizer.py). It appears only when complete (`io.atomic_dir`), so a
+failed export leaves nothing behind.
 
-Layout facts the mapping rests on (checked numerically in tests/test_export_hf.py):
-- megatron-core's fused `linear_qkv` stores, for each of the `num_query_groups` groups, that
-  group's query heads, then its key head, then its value head; HF Llama keeps q/k/v separate,
-  and query head j uses key/value head j // (heads / groups) in both.
-- `linear_fc1` is [gate; up] stacked along the output dim; SwiGLU = silu(gate) * up in both.
-- megatron's default RoPE (`rotary_interleaved=False`) rotates halves like HF's `rotate_half`,
-  so q/k rows need no permutation.
-- Vocabulary: megatron pads it (make_vocab_size_divisible_by x TP). The export keeps only the
-  `model_cfg.vocab_size` real rows, so `config.vocab_size` equals the tokenizer's size and the
-  model can never emit a padding id. The logits of real tokens are identical; softmax
-  normalisers differ only by the mass on padding rows, which never occur as targets in
-  training and so are driven towards zero probability.
-- A patch model (K > 1) has exactly the token model's parameters; its export is the same
-  mapping, and the HF model runs it at token level.
+The tensor and config correspondence lives in `export/hf_keys.py` (shared with the import).
+The logits of real tokens are identical; the export keeps only the `model_cfg.vocab_size` real
+vocabulary rows, so the HF model can never emit a padding id, and its softmax normaliser
+differs from megatron's only by the mass on padding rows (never targets in training, so driven
+towards zero probability). A patch model (K > 1) has exactly the token model's parameters; its
+export is the same mapping, and the HF model runs it at token level.
 """
-import json
 import os
-import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-# Norm weights by key suffix within a layer, for every layer spec we build from:
-# local / sdpa specs keep separate norm modules; Transformer Engine fuses the norm into the
-# following linear and stores it as `layer_norm_weight`.
-_ATTN_NORM_SUFFIXES = ("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight")
-_MLP_NORM_SUFFIXES = ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight")
-_LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+from megatron_patch import io
+from megatron_patch.export import hf_keys
 
 
 class ExportError(ValueError):
@@ -113,107 +97,54 @@ def megatron_to_hf_state_dict(model, model_cfg) -> Dict[str, torch.Tensor]:
     model = _unwrap(model)
     check_exportable(model, model_cfg)
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    h = model_cfg.hidden_size
-    heads = model_cfg.num_attention_heads
-    groups = model_cfg.num_query_groups or heads
-    head_dim = h // heads
-    per_group = heads // groups
-    V = model_cfg.vocab_size
+    h, V = model_cfg.hidden_size, model_cfg.vocab_size
 
-    def take(key, shape=None):
-        if key not in sd:
-            raise ExportError(f"megatron state dict has no {key!r}")
-        t = sd.pop(key)
-        if shape is not None and tuple(t.shape) != tuple(shape):
-            raise ExportError(f"{key} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-        return t.detach().to("cpu")
+    def take(key, kind):
+        names = [key]
+        short = key.split(".", 3)[-1] if key.startswith("decoder.layers.") else None
+        if short in hf_keys.TE_NORM_NAMES:  # a Transformer Engine model fuses the norm
+            names.append(key[: -len(short)] + hf_keys.TE_NORM_NAMES[short])
+        found = [n for n in names if n in sd]
+        if len(found) != 1:
+            raise ExportError(f"expected exactly one of {names} in the megatron state dict, found {found}")
+        t = sd.pop(found[0]).detach().to("cpu")
+        if kind == "vocab":
+            if t.dim() != 2 or t.shape[1] != h or t.shape[0] < V:
+                raise ExportError(f"{key} has shape {tuple(t.shape)}; expected (>= vocab_size={V}, {h})")
+        elif tuple(t.shape) != hf_keys.megatron_shape(model_cfg, kind, key, 0):
+            raise ExportError(f"{found[0]} has shape {tuple(t.shape)}, expected "
+                              f"{hf_keys.megatron_shape(model_cfg, kind, key, 0)}")
+        return t
 
-    def vocab_rows(key):
-        t = take(key)
-        if t.dim() != 2 or t.shape[1] != h or t.shape[0] < V:
-            raise ExportError(f"{key} has shape {tuple(t.shape)}; expected (>= vocab_size={V}, {h})")
-        return t[:V]
-
-    out = {"model.embed_tokens.weight": vocab_rows("embedding.word_embeddings.weight")}
-    if not model_cfg.tie_embeddings:
-        out["lm_head.weight"] = vocab_rows("output_layer.weight")
-    elif "output_layer.weight" in sd:  # tied, yet stored (e.g. a last pipeline stage's copy)
-        if not torch.equal(vocab_rows("output_layer.weight"), out["model.embed_tokens.weight"]):
+    out = hf_keys.to_hf(take, model_cfg)
+    if model_cfg.tie_embeddings and hf_keys.OUTPUT[0] in sd:  # tied, yet stored (a last stage's copy)
+        if not torch.equal(take(hf_keys.OUTPUT[0], "vocab")[:V], out["model.embed_tokens.weight"]):
             raise ExportError("tie_embeddings=True but output_layer.weight differs from the input embedding")
-    out["model.norm.weight"] = take("decoder.final_layernorm.weight", (h,))
-
-    by_layer: Dict[int, Dict[str, torch.Tensor]] = {}
-    for key in list(sd):
-        m = _LAYER_KEY.match(key)
-        if m:
-            by_layer.setdefault(int(m.group(1)), {})[m.group(2)] = sd.pop(key)
-    if sorted(by_layer) != list(range(model_cfg.num_layers)):
-        raise ExportError(f"found layers {sorted(by_layer)}, expected 0..{model_cfg.num_layers - 1}")
-
-    for i in range(model_cfg.num_layers):
-        layer = by_layer[i]
-        p = f"model.layers.{i}."
-
-        def norm(suffixes, what):
-            found = [s for s in suffixes if s in layer]
-            if len(found) != 1:
-                raise ExportError(f"layer {i}: expected exactly one {what} norm weight among {suffixes}, found {found}")
-            t = layer.pop(found[0])
-            if tuple(t.shape) != (h,):
-                raise ExportError(f"layer {i} {found[0]} has shape {tuple(t.shape)}, expected ({h},)")
-            return t
-
-        def lin(name, shape):
-            if name not in layer:
-                raise ExportError(f"layer {i}: no {name!r} in the state dict")
-            t = layer.pop(name)
-            if tuple(t.shape) != shape:
-                raise ExportError(f"layer {i} {name} has shape {tuple(t.shape)}, expected {shape}")
-            return t
-
-        out[p + "input_layernorm.weight"] = norm(_ATTN_NORM_SUFFIXES, "attention input")
-        out[p + "post_attention_layernorm.weight"] = norm(_MLP_NORM_SUFFIXES, "pre-MLP")
-
-        qkv = lin("self_attention.linear_qkv.weight", ((heads + 2 * groups) * head_dim, h))
-        qkv = qkv.view(groups, per_group + 2, head_dim, h)
-        out[p + "self_attn.q_proj.weight"] = qkv[:, :per_group].reshape(heads * head_dim, h)
-        out[p + "self_attn.k_proj.weight"] = qkv[:, per_group].reshape(groups * head_dim, h)
-        out[p + "self_attn.v_proj.weight"] = qkv[:, per_group + 1].reshape(groups * head_dim, h)
-        out[p + "self_attn.o_proj.weight"] = lin("self_attention.linear_proj.weight", (h, heads * head_dim))
-
-        f = model_cfg.ffn_hidden_size
-        fc1 = lin("mlp.linear_fc1.weight", (2 * f, h))
-        out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = fc1[:f], fc1[f:]
-        out[p + "mlp.down_proj.weight"] = lin("mlp.linear_fc2.weight", (h, f))
-        if layer:
-            raise ExportError(f"layer {i}: parameters with no HF Llama counterpart: {sorted(layer)}")
     if sd:
         raise ExportError(f"parameters with no HF Llama counterpart: {sorted(sd)}")
     # Fresh storage per tensor: safetensors refuses views that share memory.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
 
 
-def hf_config(model_cfg, dtype: torch.dtype, bos_token_id=None, eos_token_id=None, pad_token_id=None) -> dict:
-    """config.json contents for LlamaForCausalLM (readable by transformers 4.x and 5.x)."""
-    dtype_name = str(dtype).replace("torch.", "")
+def hf_config(model_cfg, dtype: torch.dtype, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+              max_positions: Optional[int] = None) -> dict:
+    """config.json contents for LlamaForCausalLM (readable by transformers 4.x and 5.x).
+
+    max_positions: max_position_embeddings when model_cfg leaves it None (the run's longest stage)."""
+    cfg = {hf: getattr(model_cfg, field) for field, hf in hf_keys.CONFIG_FIELDS}
+    cfg["num_key_value_heads"] = model_cfg.num_query_groups or model_cfg.num_attention_heads
+    cfg["max_position_embeddings"] = model_cfg.max_position_embeddings or max_positions
+    cfg["tie_word_embeddings"] = bool(model_cfg.tie_embeddings)
+    theta = float(model_cfg.rotary_base)
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": model_cfg.vocab_size,
-        "hidden_size": model_cfg.hidden_size,
-        "intermediate_size": model_cfg.ffn_hidden_size,
-        "num_hidden_layers": model_cfg.num_layers,
-        "num_attention_heads": model_cfg.num_attention_heads,
-        "num_key_value_heads": model_cfg.num_query_groups or model_cfg.num_attention_heads,
+        **cfg,
         "head_dim": model_cfg.hidden_size // model_cfg.num_attention_heads,
         "hidden_act": "silu",
-        "max_position_embeddings": model_cfg.max_seq_length,
-        "rms_norm_eps": model_cfg.norm_epsilon,
-        "initializer_range": model_cfg.init_method_std,
-        "tie_word_embeddings": bool(model_cfg.tie_embeddings),
         # transformers < 5 reads rope_theta; 5.x reads rope_parameters (and accepts rope_theta).
-        "rope_theta": float(model_cfg.rotary_base),
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(model_cfg.rotary_base)},
+        "rope_theta": theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
@@ -222,7 +153,7 @@ def hf_config(model_cfg, dtype: torch.dtype, bos_token_id=None, eos_token_id=Non
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
         "pad_token_id": pad_token_id,
-        "torch_dtype": dtype_name,
+        "torch_dtype": str(dtype).replace("torch.", ""),
     }
 
 
@@ -234,6 +165,7 @@ def export_hf(
     dtype: Optional[torch.dtype] = None,
     overwrite: bool = False,
     tokenizer_add_bos: bool = False,
+    max_positions: Optional[int] = None,
 ) -> Path:
     """Write `out_dir` as a HF Llama checkpoint of `model`; returns the directory.
 
@@ -242,6 +174,7 @@ def export_hf(
     dtype: tensor dtype on disk (default: the model's parameter dtype).
     overwrite: replace an existing non-empty out_dir (otherwise that is an error).
     tokenizer_add_bos: whether the HF tokenizer prepends BOS (match how the training data was built).
+    max_positions: config.json's max_position_embeddings when model_cfg leaves it None.
     """
     from safetensors.torch import save_file
 
@@ -262,34 +195,17 @@ def export_hf(
 
         special = sentencepiece_special_ids(tokenizer_model, model_cfg.vocab_size)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary directory
-    try:
+    with io.atomic_dir(str(out_dir), overwrite=overwrite) as tmp:
+        tmp = Path(tmp)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        with open(tmp / "config.json", "w") as f:
-            json.dump(hf_config(model_cfg, dtype, **special), f, indent=2)
-            f.write("\n")
-        with open(tmp / "generation_config.json", "w") as f:
-            json.dump({k: v for k, v in special.items() if v is not None}, f, indent=2)
-            f.write("\n")
+        io.write_json(str(tmp / "config.json"), hf_config(model_cfg, dtype, max_positions=max_positions, **special))
+        io.write_json(str(tmp / "generation_config.json"), {k: v for k, v in special.items() if v is not None})
         if tokenizer_model is not None:
             from megatron_patch.export.tokenizer import write_hf_tokenizer
 
             write_hf_tokenizer(tokenizer_model, tmp, add_bos_token=tokenizer_add_bos)
+        umask = os.umask(0)
+        os.umask(umask)
         for f in tmp.iterdir():  # some writers create private files; the export is ordinary data
             os.chmod(f, 0o666 & ~umask)
-        if out_dir.exists():
-            # Only reached with overwrite=True (or an empty dir): swap in the finished export.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "d")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -282,7 +282,8 @@ ALL_SECTIONS = {"model": ModelConfig, **SECTIONS}
 SHAPE = ("num_layers", "hidden_size", "num_attention_heads")
 
 
-def _build_model(updates: dict) -> tuple:
+def model_from_dict(updates: dict) -> tuple:
+    """(ModelConfig, preset name or None) from a YAML `model:` section (checked, with the fix)."""
     updates = dict(updates)
     preset = updates.pop("preset", None)
     if preset is not None and preset not in PRESETS:
@@ -318,7 +319,7 @@ def config_from_dict(d: dict) -> RunConfig:
     for name, section in d.items():
         if section is not None and not isinstance(section, dict):
             raise ValueError(f"config section {name!r} must be a mapping, got {section!r}")
-    model, preset = _build_model(d.get("model") or {})
+    model, preset = model_from_dict(d.get("model") or {})
     cfg = RunConfig(model=model, model_preset=preset)
     for name, cls in SECTIONS.items():
         obj = cls()

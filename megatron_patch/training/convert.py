@@ -29,9 +29,10 @@ def _saved_dtype(cfg) -> torch.dtype:
 def expected_model(config_yaml: str, tokenizer_model=None):
     """The ModelConfig a YAML run config describes. A run takes its vocabulary from the
     tokenizer, so vocab_size is compared only when the tokenizer is given (None = not checked)."""
-    from megatron_patch.training.config import config_from_dict, load_yaml
+    from megatron_patch.training.config import load_yaml, model_from_dict
 
-    model = config_from_dict(load_yaml(config_yaml)).model
+    # Only the model section: the YAML's run fields (data, budget) are not needed to compare shapes.
+    model, _ = model_from_dict((load_yaml(config_yaml) or {}).get("model") or {})
     if tokenizer_model:
         from megatron_patch.data import load_tokenizer
 
@@ -41,14 +42,18 @@ def expected_model(config_yaml: str, tokenizer_model=None):
     return model
 
 
-def load_model_for(path: str, parallel, patch_size: int = 1, dtype=None, expect=None):
+def load_model_for(path: str, parallel, patch_size: int = 1, dtype=None, expect=None,
+                   transformer_impl: str = "auto"):
     """(config, unwrapped chunks with the checkpoint's weights) at the current layout `parallel`.
 
-    expect: a ModelConfig the checkpoint must match (CheckpointError otherwise)."""
+    expect: a ModelConfig the checkpoint must match (CheckpointError otherwise).
+    transformer_impl: the layers to build; every implementation stores the same tensors, so a
+    checkpoint trained with Transformer Engine loads where only sdpa exists ("auto")."""
     if expect is not None:
         ckpt.check_model_matches(path, expect)
     cfg = ckpt.checkpoint_config(path)
     cfg.parallel = dataclasses.replace(parallel)
+    cfg.model.transformer_impl = transformer_impl
     chunks = build_chunks(cfg, patch_size, dtype or _saved_dtype(cfg))
     ckpt.load_weights(path, chunks, cfg.model)
     return cfg, chunks
@@ -63,10 +68,15 @@ def _check_paths(path: str, dst: str) -> None:
                          "the source is never modified")
 
 
-def convert_to_token(src: str, dst: str, parallel, expect=None) -> str:
-    """Weights-only release checkpoint of SRC at DST (all ranks). Returns DST/release."""
+def convert_to_token(src: str, dst: str, parallel, expect=None, allow_unfinished: bool = False) -> str:
+    """Weights-only release checkpoint of SRC at DST (all ranks). Returns DST/release.
+
+    SRC must be a completed stage (its final checkpoint) unless `allow_unfinished`."""
+    from megatron_patch.training.checkpointer import require_completed
+
     path = resolve_checkpoint(src)
     _check_paths(path, dst)
+    require_completed(path, allow_unfinished, f"--to token from {src}")
     if os.path.isdir(dst) and os.listdir(dst):
         raise ValueError(f"--save {dst} already exists and is not empty; remove it or pick another")
     cfg, chunks = load_model_for(path, parallel, expect=expect)
@@ -84,10 +94,10 @@ def convert_to_hf(src: str, dst: str, tokenizer_model=None, expect=None) -> str:
     path = resolve_checkpoint(src)
     _check_paths(path, dst)
     cfg, chunks = load_model_for(path, ParallelConfig(), expect=expect)
-    if tokenizer_model and not os.path.isfile(tokenizer_model):
+    if tokenizer_model and not os.path.exists(tokenizer_model):
         raise ValueError(f"--tokenizer-model {tokenizer_model} not found")
     tok = tokenizer_model or cfg.data.tokenizer_model  # the run's, when it is still there
-    out = export_hf(chunks[0], cfg.model, dst, tokenizer_model=tok if tok and os.path.isfile(tok) else None,
+    out = export_hf(chunks[0], cfg.model, dst, tokenizer_model=tok if tok and os.path.exists(tok) else None,
                     max_positions=_longest_positions(cfg))
     return str(out)
 

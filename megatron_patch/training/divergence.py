@@ -19,9 +19,7 @@ class DivergenceGuard:
         self.logger = logger
 
     def check(self, result, stage, state, last_checkpoint) -> None:
-        """Count a withheld update of `state.step` (already advanced) or raise Diverged."""
-        if result.applied:
-            return
+        """Count the withheld update of `state.step` (already advanced) or raise Diverged."""
         state.skipped_steps += 1
         what = ", ".join(f"{name} {value}" for name, value in
                          (("loss", result.loss), ("grad norm", result.grad_norm)) if not math.isfinite(value))

@@ -115,10 +115,13 @@ def tracker_text(step: Optional[int]) -> str:
 
 
 def check_complete(path: str) -> None:
-    """Raise CheckpointError unless `path` has everything a finished save writes."""
+    """Raise CheckpointError unless `path` has everything a finished torch_dist save writes.
+
+    config.yaml (ours, beside every checkpoint of this product) is not required here: a
+    Megatron-LM checkpoint has its arguments in the common state instead."""
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} named by {TRACKER} does not exist")
-    needed = ["metadata.json", "common.pt", ".metadata", CONFIG_FILE]
+    needed = ["metadata.json", "common.pt", ".metadata"]
     missing = [n for n in needed if not os.path.isfile(os.path.join(path, n))]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: missing {missing}")

@@ -137,10 +137,11 @@ class Trainer:
             result = train_step(model, optimizer, scheduler, data.train.get(state.consumed_samples), stage)
             elapsed = _slowest(time.perf_counter() - start)  # train_step ends in a host sync
             state.advance(stage, step_flops, elapsed)
-            if not result.applied:
-                self.guard.check(result, stage, state, ckpt.last_checkpoint(stage))
             self.logger.step(stage, state, result, elapsed, step_flops, peak, world,
                              cfg.logging.log_interval)
+            if not result.applied:  # stop the run, or count a skipped step: nothing is saved now
+                self.guard.check(result, stage, state, ckpt.last_checkpoint(stage))
+                continue
             if state.step == stage.train_iters:
                 break
             if evaluator.due(state.step):

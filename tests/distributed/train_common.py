@@ -14,7 +14,7 @@ import numpy as np
 
 from tests._data_helpers import synthetic_documents, tiny_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests import ROOT
 
 
 def make_corpus(directory: str, num_documents: int = 600, seed: int = 0) -> tuple:

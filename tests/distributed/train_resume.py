@@ -4,8 +4,9 @@ DistributedOptimizer across the patch -> token hand-over (its torch-Adam checkpo
 repaired by megatron_patch.compat), and a DistributedOptimizer checkpoint saved at DP=2 resumes at
 TP=2.
 
-The "kill" is `run(cfg, crash_after=(stage, step))`: an exception after that step, past the last
-checkpoint, so the progress since then is lost exactly as with SIGKILL. Writes
+The "kill" is an exception raised in place of the train step after a given stage step, past the
+last checkpoint, so the progress since then is lost exactly as with SIGKILL (the hook lives here,
+in the test, around the product's own train step). Writes
 {"plain"|"distopt": {"A": losses, "B": losses, ...}}; losses map "stage:step" to the logged loss.
 """
 import json
@@ -17,19 +18,44 @@ import warnings
 warnings.filterwarnings("ignore")
 
 
+class Killed(RuntimeError):
+    """Stands for SIGKILL between two checkpoints."""
+
+
 def losses(run_dir, kind="train"):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        recs = [json.loads(line) for line in f]
+    from megatron_patch.training.metrics import read_metrics
+
     key = "loss" if kind == "train" else "val_loss"
-    return {f"{r['stage']}:{r['step']}": r[key] for r in recs if r["kind"] == kind}
+    return {f"{r['stage']}:{r['step']}": r[key] for r in read_metrics(run_dir) if r["kind"] == kind}
+
+
+def run_until_killed(cfg, stage_name, step):
+    """Train `cfg` and die right after `stage_name` step `step` (before anything else happens)."""
+    from megatron_patch.training import run, trainer
+
+    real, calls = trainer.train_step, {"n": 0}
+
+    def step_or_die(model, optimizer, scheduler, batches, stage):
+        if stage.name == stage_name:
+            if calls["n"] == step:
+                raise Killed(f"killed after {stage_name} step {step}")
+            calls["n"] += 1
+        return real(model, optimizer, scheduler, batches, stage)
+
+    trainer.train_step = step_or_die
+    try:
+        run(cfg)
+    except Killed:
+        pass
+    finally:
+        trainer.train_step = real
 
 
 def main():
     import torch
 
     from megatron_patch import distributed
-    from megatron_patch.training import parse_config, run
-    from megatron_patch.training.loop import SimulatedCrash
+    from megatron_patch.training import parse_config, resolve, run
     from tests._torchrun import write_result
     from tests.distributed.train_common import tiny_flags
 
@@ -37,24 +63,18 @@ def main():
     rank = int(os.environ["RANK"])
 
     def cfg(save, load=None, tp=1, distopt=False, patch=True):
-        return parse_config(tiny_flags(prefix, tok, save, **{
+        return resolve(parse_config(tiny_flags(prefix, tok, save, **{
             "--train-iters": 12 if patch else 6, "--patch-size": 4 if patch else 1,
             "--patch-fraction": 0.5 if patch else 0, "--patch-seq-length": 64 if patch else None,
             "--save-interval": 3, "--eval-iters": 1, "--tensor-model-parallel-size": tp,
             "--load": load, "--use-distributed-optimizer": distopt or None,
-        }))
-
-    def crash(c, after):
-        try:
-            run(c, crash_after=after)
-        except SimulatedCrash:
-            pass
+        })))
 
     out = {}
     # Plain optimizer, token-level: killed after step 5 (last checkpoint: step 3), resumed.
     a, b = os.path.join(tmp, "plain_A"), os.path.join(tmp, "plain_B")
     run(cfg(a, patch=False))
-    crash(cfg(b, patch=False), ("token", 5))
+    run_until_killed(cfg(b, patch=False), "token", 5)
     run(cfg(b, load=b, patch=False))
     out["plain"] = {"A": losses(a), "B": losses(b), "A_val": losses(a, "eval"), "B_val": losses(b, "eval")}
 
@@ -62,7 +82,7 @@ def main():
     # then hand over and train the token stage exactly as the uninterrupted run did.
     a, b = os.path.join(tmp, "dist_A"), os.path.join(tmp, "dist_B")
     run(cfg(a, distopt=True))
-    crash(cfg(b, distopt=True), ("patch", 5))
+    run_until_killed(cfg(b, distopt=True), "patch", 5)
     run(cfg(b, load=b, distopt=True))
     out["distopt"] = {"A": losses(a), "B": losses(b), "A_val": losses(a, "eval"), "B_val": losses(b, "eval")}
 

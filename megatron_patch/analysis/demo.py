@@ -1,52 +1,35 @@
-"""Compare training runs: a table of compute, wall time and validation perplexity, and a plot
-of validation loss against compute. The last step of examples/demo.sh.
+"""The demo's report: a table of compute, wall time and validation perplexity of training runs,
+a JSON summary, and a plot of validation loss against compute (examples/demo.sh's last step).
 
-    python examples/demo_report.py --run token-only=runs/demo/token_only \\
-        --run patch-K4=runs/demo/patch_k4 --out runs/demo
-    # -> runs/demo/summary.json, runs/demo/val_loss_vs_compute.png, the table on stdout
+    rows = [summarize_run("token-only", "runs/demo/token_only"), summarize_run("patch-K4", ...)]
+    print(format_table(rows)); write_report(rows, "runs/demo")   # python -m megatron_patch.cli.demo_report
 
-Each run directory holds the trainer's metrics contract:
+Each run directory holds the trainer's records (training/metrics.py, training/rundir.py):
 - metrics.jsonl: {"kind": "eval", "stage", "patch_size", "step", "val_loss", "val_ppl",
   "tokens", "flops", "wall_s"} and {"kind": "train", ..., "tokens", "flops", "wall_s"} lines;
 - compute.json: {"stages": [...], "total_flops", "token_only_flops", "ratio", "ideal_ratio",
   "final_val_loss", "final_val_ppl"}.
-`--eval NAME=FILE` adds a held-out evaluation (tools/evaluate.py's JSON: "val_loss"/"loss" and
-"val_ppl"/"ppl"): the table shows it beside the run's own final validation loss, and the plot
-marks it with a star at the run's total compute.
-The first run is the reference: "compute" is each run's FLOPs relative to it.
+A held-out evaluation (tools/evaluate.py's JSON: "val_loss"/"loss" and "val_ppl"/"ppl") is shown
+beside the run's own final validation loss, and the plot marks it with a star at the run's total
+compute. The first run is the reference: "compute" is each run's FLOPs relative to it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from megatron_patch.io import save_figure, write_json
+from megatron_patch.training import rundir
+from megatron_patch.training.metrics import MetricsError, read_metrics
+
+SUMMARY = "summary.json"
+PLOT = "val_loss_vs_compute.png"
 
 
 class ReportError(ValueError):
     """A run directory does not hold what the report needs; the message names the file."""
-
-
-def read_metrics(path: Path) -> List[dict]:
-    """The JSON records of a metrics.jsonl (blank lines skipped; a torn last line ignored)."""
-    if not path.is_file():
-        raise ReportError(f"{path} not found: is this a run directory written by tools/pretrain.py?")
-    records = []
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # a run killed mid-write leaves a partial last line
-                continue
-            raise ReportError(f"{path}:{i + 1} is not JSON: {line[:80]!r}") from None
-    return records
 
 
 def _cumulative(records: List[dict], key: str) -> List[float]:
@@ -79,17 +62,24 @@ def eval_curve(records: List[dict]) -> List[dict]:
     return curve
 
 
-def summarize_run(name: str, run_dir: Path, held_out: Optional[dict] = None) -> dict:
+def summarize_run(name: str, run_dir, held_out: Optional[dict] = None) -> dict:
     """One row of the table (plus the eval curve) from a run directory."""
-    records = read_metrics(run_dir / "metrics.jsonl")
-    compute_path = run_dir / "compute.json"
+    run_dir = Path(run_dir)
+    metrics = Path(rundir.metrics_path(str(run_dir)))
+    if not metrics.is_file():
+        raise ReportError(f"{metrics} not found: is this a run directory written by tools/pretrain.py?")
+    try:
+        records = read_metrics(str(metrics))
+    except MetricsError as err:
+        raise ReportError(str(err)) from None
+    compute_path = Path(rundir.compute_path(str(run_dir)))
     compute = json.loads(compute_path.read_text()) if compute_path.is_file() else {}
+    if not records:
+        raise ReportError(f"{metrics} is empty: the run logged nothing")
     curve = eval_curve(records)
     flops_all = _cumulative(records, "flops")
     wall_all = _cumulative(records, "wall_s")
     tokens_all = _cumulative(records, "tokens")
-    if not records:
-        raise ReportError(f"{run_dir / 'metrics.jsonl'} is empty: the run logged nothing")
     stages, switches = [], []
     for i, r in enumerate(records):
         if r.get("stage") is not None and (not stages or stages[-1]["stage"] != r["stage"]):
@@ -161,7 +151,7 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: List[dict], path: Path) -> None:
+def plot(rows: List[dict], path: str) -> None:
     """Validation loss against cumulative training FLOPs, one line per run; stage switches marked."""
     import matplotlib
 
@@ -189,24 +179,31 @@ def plot(rows: List[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + f".tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        save_figure(fig, str(path))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
-def _write_json(path: Path, obj) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
+def summary(rows: List[dict]) -> dict:
+    """What summary.json holds: every row with its compute relative to the first, and the table."""
+    ref = rows[0]["total_flops"] or 1.0
+    return {
+        "reference": rows[0]["name"],
+        "runs": [{**{k: v for k, v in r.items() if k != "curve"}, "relative_compute": r["total_flops"] / ref,
+                  "eval_curve": r["curve"]} for r in rows],
+        "table": format_table(rows),
+    }
 
 
-def _pairs(items: List[str], flag: str) -> Dict[str, str]:
+def write_summary(rows: List[dict], out_dir: str) -> str:
+    path = str(Path(out_dir) / SUMMARY)
+    write_json(path, summary(rows))
+    return path
+
+
+def pairs(items: List[str], flag: str) -> Dict[str, str]:
+    """NAME=VALUE items as a dict (each name once)."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -216,55 +213,3 @@ def _pairs(items: List[str], flag: str) -> Dict[str, str]:
             raise ReportError(f"{flag} names {name!r} twice")
         out[name] = value
     return out
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", action="append", required=True, metavar="NAME=DIR",
-                   help="a run directory (repeat; the first is the reference for relative compute)")
-    p.add_argument("--eval", action="append", default=[], metavar="NAME=FILE",
-                   help="held-out evaluation JSON of run NAME (tools/evaluate.py output)")
-    p.add_argument("--out", required=True, help="writes summary.json and val_loss_vs_compute.png here")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
-    args = p.parse_args(argv)
-    try:
-        runs = _pairs(args.run, "--run")
-        evals = _pairs(args.eval, "--eval")
-        unknown = set(evals) - set(runs)
-        if unknown:
-            raise ReportError(f"--eval for unknown run(s) {sorted(unknown)}; runs are {list(runs)}")
-        held = {}
-        for name, path in evals.items():
-            if not Path(path).is_file():
-                raise ReportError(f"--eval {name}={path}: file not found")
-            held[name] = json.loads(Path(path).read_text())
-        rows = [summarize_run(name, Path(d), held.get(name)) for name, d in runs.items()]
-    except (ReportError, json.JSONDecodeError) as e:
-        print(f"demo_report.py: error: {e}", file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = format_table(rows)
-    print(table)
-    ref = rows[0]["total_flops"] or 1.0
-    summary = {
-        "reference": rows[0]["name"],
-        "runs": [{**{k: v for k, v in r.items() if k != "curve"}, "relative_compute": r["total_flops"] / ref,
-                  "eval_curve": r["curve"]} for r in rows],
-        "table": table,
-    }
-    _write_json(out / "summary.json", summary)
-    print(f"wrote {out / 'summary.json'}")
-    if not args.no_plot:
-        try:
-            plot(rows, out / "val_loss_vs_compute.png")
-        except ImportError:
-            print("demo_report.py: error: the plot needs matplotlib (pip install matplotlib) or pass --no-plot",
-                  file=sys.stderr)
-            return 1
-        print(f"wrote {out / 'val_loss_vs_compute.png'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

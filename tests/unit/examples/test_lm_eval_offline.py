@@ -18,7 +18,7 @@ for mod in ("lm_eval", "accelerate", "olmo_eval", "transformers", "google.protob
     if importlib.util.find_spec(mod.split(".")[0]) is None:
         pytest.skip(f"{mod} not installed (optional lm-eval extras)", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import ROOT
 
 
 def test_task_data_and_prompts():

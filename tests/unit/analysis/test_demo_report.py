@@ -1,18 +1,16 @@
-"""examples/demo_report.py on synthetic metrics files: table, summary.json, plot, bad input.
+"""The demo's report (megatron_patch.analysis.demo, python -m megatron_patch.cli.demo_report) on
+synthetic metrics files: table, summary.json, plot, bad input.
 
-    PYTHONPATH=. pytest -q tests/test_demo_report.py
+    pytest -q tests/unit/analysis/test_demo_report.py
 """
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("demo_report", ROOT / "examples" / "demo_report.py")
-demo_report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo_report)
+from megatron_patch.analysis import demo
+from megatron_patch.cli import demo_report
 
 FLOPS_PER_TOKEN = 1e8
 
@@ -79,7 +77,7 @@ def test_summary_table_and_plot(runs, capsys):
 def test_per_stage_counters_are_made_cumulative(tmp_path):
     _write_run(tmp_path / "r", [("patch", 4, 8, 100, 0.5, [7.0, 6.0]), ("token", 1, 4, 100, 1.0, [5.0, 4.0])],
                per_stage_counters=True, compute=False, torn=True)
-    row = demo_report.summarize_run("r", tmp_path / "r")
+    row = demo.summarize_run("r", tmp_path / "r")
     flops = [p["flops"] for p in row["curve"]]
     assert flops == sorted(flops)
     assert row["total_flops"] == pytest.approx(8 * 100 * FLOPS_PER_TOKEN / 4 + 4 * 100 * FLOPS_PER_TOKEN)

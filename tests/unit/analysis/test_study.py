@@ -1,6 +1,7 @@
-"""tools/study.py: the grid, the results table and plots on synthetic run directories, the
+"""The study driver (megatron_patch.analysis.study, tools/study.py): the grid, the results table and plots on synthetic run directories, the
 driver's resume/failure logic with a stub trainer, and (when tools/pretrain.py exists) a tiny
 real grid of two runs."""
+import inspect
 import json
 import os
 import subprocess
@@ -19,7 +20,9 @@ from megatron_patch.analysis.study import (
     parse_tokens,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from megatron_patch.training.metrics import MetricsError, read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 STUDY = os.path.join(ROOT, "tools", "study.py")
 PRETRAIN = os.path.join(ROOT, "tools", "pretrain.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -194,8 +197,8 @@ def test_bad_records_are_clear_errors(tmp_path):
     with pytest.raises(results.RunRecordError, match="lacks"):
         results.read_compute(str(tmp_path))
     (tmp_path / "metrics.jsonl").write_text('{"kind": "eval"\n{"kind": "eval"}\n')
-    with pytest.raises(results.RunRecordError, match=":1: not valid JSON"):
-        results.read_metrics(str(tmp_path))
+    with pytest.raises(MetricsError, match=":1: not valid JSON"):
+        read_metrics(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- driver (stub trainer)
@@ -203,8 +206,7 @@ def test_bad_records_are_clear_errors(tmp_path):
 STUB = textwrap.dedent('''
     """A stand-in for tools/pretrain.py: writes the metrics contract from its flags."""
     import argparse, json, os, sys
-    sys.path.insert(0, {tests!r})
-    from test_study import fake_run
+    ''') + inspect.getsource(fake_run) + textwrap.dedent('''
     ap = argparse.ArgumentParser()
     ap.add_argument("--save"); ap.add_argument("--load")
     ap.add_argument("--patch-size", type=int); ap.add_argument("--patch-fraction", type=float)
@@ -212,7 +214,7 @@ STUB = textwrap.dedent('''
     args, rest = ap.parse_known_args()
     name = os.path.basename(args.save)
     with open(os.path.join(os.path.dirname(args.save), "calls.txt"), "a") as f:
-        f.write(json.dumps({{"name": name, "load": args.load, "rest": rest}}) + "\\n")
+        f.write(json.dumps({"name": name, "load": args.load, "rest": rest}) + "\\n")
     if name == os.environ.get("STUB_FAIL"):
         os.makedirs(os.path.join(args.save, "patch"), exist_ok=True)
         with open(os.path.join(args.save, "patch", "latest_checkpointed_iteration.txt"), "w") as f:
@@ -225,7 +227,7 @@ STUB = textwrap.dedent('''
 
 def run_study(tmp_path, *extra, env=None):
     stub = tmp_path / "stub_pretrain.py"
-    stub.write_text(STUB.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    stub.write_text(STUB)
     cmd = [sys.executable, STUDY, "--out", str(tmp_path / "out"), "--train-tokens", "1000",
            "--patch-sizes", "2", "4", "--patch-fractions", "1/2", "--controls", "1.0",
            "--launcher", "python", "--pretrain", str(stub), *extra]

@@ -83,7 +83,7 @@ def test_bad_inputs_are_clear_errors(run, tmp_path, capsys):
     assert convert(["--load", str(tmp_path / "empty"), "--save", str(tmp_path / "y"), "--to", "token"]) == 1
     assert "no latest_checkpointed_iteration.txt" in capsys.readouterr().err
     # A model config that does not match the checkpoint (cpu_demo is the cpu-small preset).
-    cfg = os.path.join(os.path.dirname(__file__), "..", "examples", "configs", "cpu_demo.yaml")
+    cfg = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples", "configs", "cpu_demo.yaml")
     assert convert(["--load", os.path.join(run["save"], "token"), "--save", str(tmp_path / "z"),
                     "--to", "token", "--config", cfg, "--tokenizer-model", run["tok"]]) == 1
     assert "different model" in capsys.readouterr().err and not (tmp_path / "z").exists()

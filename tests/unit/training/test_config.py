@@ -6,12 +6,13 @@ import pytest
 import yaml
 
 from megatron_patch.training.config import (
-    FLAGS, check, config_from_dict, parse_config, to_dict, to_yaml,
+    FLAGS, build_parser, config_from_dict, parse_config, to_dict, to_yaml,
 )
 from megatron_patch.training.flops import flops_per_step, token_only_flops
 from megatron_patch.training.stages import plan_stages
+from tests import ROOT as _ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(_ROOT)
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "examples", "configs", "*.yaml")))
 DATA = ["--data-path", "corpus_text_document", "--tokenizer-model", "tok.model"]
 
@@ -24,8 +25,7 @@ def test_every_example_config_validates():
         runs = ([["--train-tokens", "1600000", "--patch-size", str(k), "--patch-fraction", "0.6667"]
                  for k in (2, 4, 8)] if os.path.basename(path) == "study_cpu.yaml" else [[]])
         for extra in runs:
-            cfg = parse_config(["--config", path, *DATA, *extra])
-            check(cfg)
+            cfg = parse_config(["--config", path, *DATA, *extra])  # validates
             # The study runs one process (tools/study.py --launcher python); the demo two.
             world = 1 if extra else 2 if cfg.model_preset.startswith("cpu") else 64
             dp = world // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
@@ -55,7 +55,8 @@ def test_flags_override_yaml_and_defaults(tmp_path):
     path.write_text("model: {preset: tiny, num_layers: 2}\noptim: {lr: 3e-4}\n"
                     "train: {train_iters: 10, patch_fraction: 2/3}\n")
     cfg = parse_config(["--config", str(path), "--lr", "1e-3", "--patch-size", "4", "--fp32",
-                        "--use-distributed-optimizer", "--data-path", "0.3", "A", "0.7", "B", "--seed", "5"])
+                        "--use-distributed-optimizer", "--data-path", "0.3", "A", "0.7", "B", "--seed", "5",
+                        "--tokenizer-model", "tok.model"])
     assert (cfg.model.num_layers, cfg.model.hidden_size) == (2, 64)
     assert cfg.optim.lr == 1e-3 and cfg.optim.min_lr == 3e-5  # flag > YAML > default
     assert cfg.train.patch_fraction == pytest.approx(2 / 3) and cfg.train.patch_size == 4
@@ -67,7 +68,7 @@ def test_flags_override_yaml_and_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("yaml_text,flags,message", [
-    ("optim: {lrr: 1}", [], "unknown key 'lrr'"),
+    ("optim: {lrr: 1}", [], "unknown key optim.lrr"),
     ("trian: {}", [], "unknown config section"),
     ("", ["--lr", "fast"], "cannot read 'fast'"),
     ("", [], "exactly one budget"),
@@ -77,12 +78,24 @@ def test_flags_override_yaml_and_defaults(tmp_path):
     ("", ["--train-iters", "10", "--patch-fraction", "1.5"], "[0, 1]"),
     ("", ["--train-iters", "10", "--stage", "patch"], "--patch-size > 1"),
     ("", ["--train-iters", "10", "--min-lr", "1", "--lr", "0.1"], "--min-lr"),
+    ("", ["--train-iters", "10", "--lr", "nan"], "finite"),
+    ("", ["--train-iters", "10", "--lr", "inf"], "finite"),
+    ("", ["--train-iters", "10", "--lr", "5"], "not a usable learning rate"),
+    ("", ["--train-iters", "10", "--adam-eps", "0"], "--adam-eps"),
+    ("", ["--train-iters", "10", "--adam-beta2", "1.0"], "betas"),
+    ("", ["--train-iters", "10", "--weight-decay", "-0.1"], "--weight-decay"),
+    ("", ["--train-iters", "10", "--clip-grad", "-1"], "--clip-grad"),
+    ("", ["--train-iters", "10", "--split", "90,x,1"], "--split"),
+    ("", ["--train-iters", "10", "--split", "0,5,5"], "--split"),
+    ("", ["--train-iters", "10", "--eval-iters", "-1"], "--eval-iters"),
+    ("", ["--train-iters", "10", "--normalization", "LayerNorm"], "not supported"),
+    ("", ["--train-iters", "10", "--position-embedding-type", "learned_absolute"], "not supported"),
 ])
 def test_config_errors_say_the_fix(tmp_path, yaml_text, flags, message):
     path = tmp_path / "c.yaml"
     path.write_text(yaml_text)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        check(parse_config(["--config", str(path), *DATA, *flags]))
+        parse_config(["--config", str(path), "--model", "tiny", *DATA, *flags])
 
 
 def test_stage_plan_budget():
@@ -114,3 +127,19 @@ def test_flops_account_matches_the_ideal_ratio():
     tokens = patch.train_iters * patch.tokens_per_step + token.train_iters * token.tokens_per_step
     ratio = total / token_only_flops(cfg.model, tokens, cfg.train.seq_length)
     assert ratio == pytest.approx(2 / 3 / 4 + 1 / 3, rel=1e-3)  # same T per position in both stages
+
+
+def test_a_run_needs_a_model():
+    with pytest.raises(ValueError, match="no model: give a preset"):
+        parse_config([*DATA, "--train-iters", "10"])
+    cfg = parse_config([*DATA, "--train-iters", "10", "--num-layers", "2", "--hidden-size", "96",
+                        "--num-attention-heads", "4"])
+    assert cfg.model_preset is None and cfg.model.ffn_hidden_size == 256  # Megatron's SwiGLU default
+
+
+def test_help_is_the_field_docstrings():
+    text = build_parser().format_help()
+    assert "Peak learning rate." in text and "--lr X" in text and "optim.lr" not in text
+    for flag in FLAGS:  # every field's flag is there, and no flag is defined twice
+        assert flag in text, flag
+    assert len(FLAGS) == len(set(FLAGS))

@@ -1,0 +1,154 @@
+"""A grid of two-stage (patch, then token) runs on one corpus, and its results table and plots.
+
+Each run is one launch of tools/pretrain.py under torchrun with the same corpus, tokenizer,
+model and flags; only K, lambda, the patch-stage batch policy and (for the token-only controls)
+the budget change. Every run is evaluated at token level on the same held-out split, and
+compute is counted in model FLOPs, so runs compare at equal compute.
+
+    python tools/study.py --out runs/study \\
+        --data-path data/corpus_text_document --tokenizer-model data/tok.model \\
+        --model cpu-small --train-tokens 4M --patch-sizes 2 4 8 --patch-fractions 1/4 1/2 2/3 \\
+        --batch-policies same_tokens same_sequences --controls 1.0 0.5 --nproc-per-node 2 \\
+        -- --seq-length 256 --global-batch-size 16 --lr-warmup-iters 20 --eval-interval 50
+
+Flags after `--` go to every tools/pretrain.py launch unchanged (e.g. --config FILE). The grid:
+token-only controls at each --controls fraction of the budget (1.0 = same data, 0.5 = the
+compute of K=4, lambda=2/3), then every K x lambda x policy at the full budget (`--design
+cross`), or one axis at a time around the first K, lambda and policy (`--design star`).
+
+Before the first launch the trainer's own setup checks (flags, files, tokenizer, stage plan)
+run for every run of the grid, so a bad combination fails at once, not hours in.
+
+Resumable: a run is finished when OUT/runs/NAME/compute.json exists and is then skipped; an
+unfinished run that left a checkpoint is relaunched with --load. Rerun the same command after a
+crash. `--no-launch` only rebuilds the table and plots from what is there; `--dry-run` prints
+the launch commands; `--launcher python` runs each run as one plain process (no torchrun).
+
+Writes OUT/results.csv, OUT/results.md, OUT/val_loss_vs_flops.png, OUT/val_loss_vs_K_lambda.png,
+OUT/grid.json; each launch's output goes to OUT/logs/NAME.log.
+"""
+import argparse
+import os
+import sys
+import time
+
+from megatron_patch.analysis import study
+from megatron_patch.analysis.study import DESIGNS, LAUNCHERS, POLICIES, parse_fraction, parse_tokens
+from megatron_patch.training import rundir
+
+
+def _arg_type(fn):
+    def parse(text):
+        try:
+            return fn(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = fn.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Flags after `--` are passed to every tools/pretrain.py launch.")
+    ap.add_argument("--out", required=True, help="study directory (results, plots, logs, runs/)")
+    ap.add_argument("--runs-dir", help="where the run directories go (default OUT/runs)")
+    ap.add_argument("--data-path", nargs="+", help="Megatron prefix(es) without .bin/.idx")
+    ap.add_argument("--tokenizer-model", help="SentencePiece .model used for the corpus")
+    ap.add_argument("--model", default=None, help="model preset (megatron_patch.config.PRESETS); "
+                    "default: the trainer's (or the --config file's)")
+    ap.add_argument("--train-tokens", type=_arg_type(parse_tokens), required=True,
+                    help="token budget B of every patch run (4e6, 4000000 or 4M)")
+    ap.add_argument("--patch-sizes", type=int, nargs="+", default=[4], metavar="K")
+    ap.add_argument("--patch-fractions", type=_arg_type(parse_fraction), nargs="+",
+                    default=[parse_fraction("2/3")], metavar="LAMBDA", help="e.g. 1/4 1/2 2/3")
+    ap.add_argument("--batch-policies", nargs="+", default=["same_tokens"], choices=POLICIES,
+                    help="patch-stage batch: same tokens per step, or same sequences per step")
+    ap.add_argument("--design", choices=DESIGNS, default="cross",
+                    help="cross: every K x lambda x policy; star: the first K, lambda and policy "
+                    "are the centre; vary one axis at a time around it")
+    ap.add_argument("--controls", type=_arg_type(parse_fraction), nargs="*", default=[1.0, 0.5],
+                    metavar="F", help="token-only runs at these fractions of the budget")
+    ap.add_argument("--nproc-per-node", type=int, default=1)
+    ap.add_argument("--launcher", choices=LAUNCHERS, default="torchrun",
+                    help="python: one plain process per run (no torchrun start-up; needs --nproc-per-node 1)")
+    ap.add_argument("--pretrain", default=study.DEFAULT_PRETRAIN,
+                    help=argparse.SUPPRESS)  # tests substitute a stub trainer
+    ap.add_argument("--dry-run", action="store_true", help="print the launch commands only")
+    ap.add_argument("--no-launch", action="store_true",
+                    help="launch nothing: rebuild the table and plots from finished runs")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="after a failed run, go on with the next (exit status 1 at the end)")
+    return ap
+
+
+def get_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    args.extra = extra
+    return args
+
+
+def _log(line: str, error: bool = False) -> None:
+    print(line, file=sys.stderr if error else sys.stdout, flush=True)
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    runs_dir = args.runs_dir or os.path.join(args.out, "runs")
+    logs_dir = os.path.join(args.out, "logs")
+    common = study.common_flags(args.data_path, args.tokenizer_model, args.model, args.extra)
+    try:
+        study.check_passthrough(args.extra)
+        specs = study.build_grid(args.train_tokens, args.patch_sizes, args.patch_fractions,
+                                 args.batch_policies, args.controls, args.design)
+        if not args.no_launch:
+            study.check_inputs(args.pretrain, args.data_path, args.tokenizer_model,
+                               args.nproc_per_node, args.launcher)
+            if os.path.abspath(args.pretrain) == os.path.abspath(study.DEFAULT_PRETRAIN):
+                study.precheck(specs, runs_dir, common, args.nproc_per_node)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.dry_run:
+        for i, spec in enumerate([] if args.no_launch else specs, 1):
+            run_dir = os.path.join(runs_dir, spec.name)
+            if rundir.is_finished(run_dir):
+                print(f"[{i}/{len(specs)}] {spec.name}: finished, skipped")
+            else:
+                print(" ".join(study.launch_command(spec, run_dir, common, args.nproc_per_node,
+                                                    args.pretrain, args.launcher)))
+        return 0
+    study.write_grid(os.path.join(args.out, "grid.json"), specs, runs_dir, common, args.nproc_per_node)
+    outcomes = [] if args.no_launch else study.launch_all(
+        specs, runs_dir, logs_dir, common, args.nproc_per_node, args.pretrain, args.launcher,
+        args.keep_going, log=_log)
+    setup = {
+        "corpus": " ".join(args.data_path or ["(from the trainer config)"]),
+        "tokenizer": args.tokenizer_model or "(from the trainer config)",
+        "model": args.model or "(trainer default / config)",
+        "budget": f"{args.train_tokens:,} tokens per patch run",
+        "processes": str(args.nproc_per_node),
+        "trainer flags": " ".join(args.extra) or "(none)",
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    try:
+        rows = study.write_report(specs, runs_dir, args.out, setup)
+    except ValueError as err:  # RunRecordError, MetricsError: a run's records are unreadable
+        raise SystemExit(f"error: {err}") from None
+    done = sum(r["status"] == "finished" for r in rows)
+    print(f"{done}/{len(rows)} runs finished; table {os.path.join(args.out, 'results.md')}")
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    if failed:
+        print(f"failed: {', '.join(failed)} (see {logs_dir}); rerun the same command to resume",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
