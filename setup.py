@@ -1,11 +1,22 @@
 """Install megatron-patch: `pip install -e .` (builds the C++ sample-index extension).
 
 The extension is compiled here, at install time, never at run time on rank 0.
-GPU extras (Transformer Engine, flash-attn, apex) are optional: `pip install -e .[gpu]`
-inside an NVIDIA PyTorch container; the CPU path never needs them.
+GPU: the environment is NVIDIA's PyTorch container (nvcr.io/nvidia/pytorch), which ships
+Transformer Engine, flash-attn and NVIDIA Apex built for its CUDA; `pip install -e .` there is
+enough. `pip install -e .[gpu]` adds Transformer Engine and flash-attn from PyPI for other
+environments (NVIDIA Apex is not on PyPI: the PyPI package named `apex` is an unrelated project;
+build Apex from github.com/NVIDIA/apex if you need it). The CPU path never needs any of them.
+Every tool is also a console script: `megatron-patch-pretrain` = `python tools/pretrain.py`, ...
 """
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
+
+# Every module of megatron_patch/cli/ is a command (tools/<name>.py runs the same main).
+CLIS = (
+    "pretrain", "convert_checkpoint", "evaluate", "preprocess_data", "train_tokenizer",
+    "fetch_corpus", "study", "neuron_activation", "demo_report", "run_status", "gpu_check",
+    "bench_model", "bench_spec", "bench_data", "bench_all", "bench_tokenizers",
+)
 
 ext_modules = [
     Pybind11Extension(
@@ -25,7 +36,8 @@ setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     install_requires=[
-        "torch>=2.4",
+        # 2.6: torch.load defaults to weights_only=True (checkpoint metadata is unpickled).
+        "torch>=2.6",
         "megatron-core==0.16.1",
         "numpy",
         "psutil",
@@ -34,9 +46,13 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "gpu": ["transformer-engine[pytorch]", "flash-attn", "apex"],
-        "hf": ["transformers", "safetensors"],
+        "gpu": ["transformer-engine[pytorch]", "flash-attn"],
+        "hf": ["transformers", "safetensors", "tokenizers"],
+        "dashboards": ["tensorboard", "wandb"],
         "dev": ["pytest", "pybind11>=2.12"],
     },
+    entry_points={"console_scripts": [
+        f"megatron-patch-{name.replace('_', '-')} = megatron_patch.cli.{name}:main" for name in CLIS
+    ]},
     zip_safe=False,
 )

@@ -29,7 +29,11 @@ def backend() -> str:
 
 
 def compute_dtype(bf16: Optional[bool]) -> torch.dtype:
-    """bf16 parameters and activations (`True`), fp32 (`False`); None: bf16 on GPU, fp32 on CPU."""
+    """bf16 parameters and activations (`True`), fp32 (`False`); None: bf16 on GPU, fp32 on CPU.
+
+    bf16 is megatron-core's mixed precision on either device (Float16Module, fp32 main weights
+    in the optimizer, fp32 loss); on a CPU it runs through compat/cpu.py with CPU kernels.
+    """
     if bf16 is None:
         bf16 = on_gpu()
     return torch.bfloat16 if bf16 else torch.float32

@@ -32,10 +32,16 @@ def patch_embedding(embedding: LanguageModelEmbedding, input_ids: torch.Tensor, 
         raise ValueError(f"input length {s} is not a multiple of patch_size {K}")
     config = embedding.config
     emb = embedding.word_embeddings(input_ids)
+    # The mean is accumulated in fp32 and rounded once to the compute dtype. bf16 keeps 8
+    # significant bits (relative rounding error u = 2^-8): a bf16 running sum rounds after each
+    # of the K-1 additions, so its error grows with K (up to (K-1)u), while an fp32 sum adds
+    # errors of order 2^-24 and the one final rounding costs at most u: as close as a bf16
+    # activation can be. The casts are free in fp32 (K=1 never comes here).
+    dtype = emb.dtype
     if embedding.reduce_scatter_embeddings:
-        emb = emb.view(-1, K, b, emb.size(-1)).mean(dim=1)  # [T/tp, b, h]
+        emb = emb.view(-1, K, b, emb.size(-1)).float().mean(dim=1).to(dtype)  # [T/tp, b, h]
     else:
-        emb = emb.view(b, s // K, K, emb.size(-1)).mean(dim=2)  # [b, T, h]
+        emb = emb.view(b, s // K, K, emb.size(-1)).float().mean(dim=2).to(dtype)  # [b, T, h]
         if embedding.add_position_embedding:
             positions = torch.arange(s // K, device=input_ids.device)
             emb = emb + embedding.position_embeddings(positions)
@@ -53,10 +59,13 @@ def patch_embedding(embedding: LanguageModelEmbedding, input_ids: torch.Tensor, 
 class _VocabParallelPatchCrossEntropy(torch.autograd.Function):
     """Cross-entropy of one vocab-parallel distribution per position against K targets.
 
-    logits: [T, b, V/tp] (this rank's vocab slice); targets: [T, b, K] global ids.
-    Communication: one max all-reduce, one sum-of-exp all-reduce, one all-reduce of the K
-    target logits. Memory: one [T, b, V/tp] fp32 buffer (the softmax saved for backward);
-    the K targets never copy the logits.
+    logits: [T, b, V/tp] (this rank's vocab slice, fp32 or bf16); targets: [T, b, K] global ids.
+    Everything is computed in fp32 whatever the logits' dtype: a bf16 logsumexp over a 32k
+    vocabulary would carry an error of ~1e-2 nats. Communication: one max all-reduce, one
+    sum-of-exp all-reduce, one all-reduce of the K target logits. Memory: one [T, b, V/tp] fp32
+    buffer (the softmax saved for backward; bf16 logits are upcast straight into it, never
+    copied to fp32 first); the K targets never copy the logits. The gradient is returned in the
+    logits' dtype.
     """
 
     @staticmethod
@@ -65,11 +74,14 @@ class _VocabParallelPatchCrossEntropy(torch.autograd.Function):
         tp_rank = torch.distributed.get_rank(tp_group) if tp_group is not None else 0
         local_vocab = logits.size(-1)
         vocab_start = tp_rank * local_vocab
+        ctx.logits_dtype = logits.dtype
 
-        logits_max = logits.max(dim=-1, keepdim=True)[0]
+        # The max is one of the logits, so it is exact in any dtype.
+        logits_max = logits.max(dim=-1, keepdim=True)[0].float()
         if tp_size > 1:
             torch.distributed.all_reduce(logits_max, torch.distributed.ReduceOp.MAX, group=tp_group)
-        # A new buffer: the caller's logits are never modified (megatron-core's edits in place).
+        # A new fp32 buffer (type promotion upcasts bf16 logits elementwise): the caller's logits
+        # are never modified (megatron-core's cross-entropy edits them in place).
         softmax = logits - logits_max
 
         local_targets = targets - vocab_start
@@ -93,20 +105,21 @@ class _VocabParallelPatchCrossEntropy(torch.autograd.Function):
         softmax, local_targets, outside = ctx.saved_tensors
         # d/dz sum_k g_k * (logsumexp(z) - z[y_k]) = softmax * sum_k g_k - sum_k onehot(y_k) g_k
         grad = softmax.mul_(grad_loss.sum(dim=-1, keepdim=True))
-        grad.scatter_add_(-1, local_targets, -grad_loss.masked_fill(outside, 0.0))
-        return grad, None, None
+        grad.scatter_add_(-1, local_targets, -grad_loss.float().masked_fill(outside, 0.0))
+        return grad.to(ctx.logits_dtype), None, None
 
 
 def patch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, patch_size: int, tp_group=None):
     """Per-target loss [b, T*K] from vocab-parallel logits [T, b, V/tp] and labels [b, T*K].
 
     Entry i*K + k is the cross-entropy of patch i's distribution against labels[:, i*K + k]
-    (the data puts the next patch's tokens there). Computed in fp32.
+    (the data puts the next patch's tokens there). Computed in fp32 for fp32 and bf16 logits
+    alike (the upcast happens inside, into the one buffer the loss needs); the loss is fp32.
     """
     T, b, _ = logits.shape
     K = patch_size
     if labels.shape != (b, T * K):
         raise ValueError(f"labels shape {tuple(labels.shape)} != (batch, T*K) = {(b, T * K)}")
     targets = labels.view(b, T, K).transpose(0, 1).contiguous()  # [T, b, K]
-    loss = _VocabParallelPatchCrossEntropy.apply(logits.float(), targets, tp_group)
+    loss = _VocabParallelPatchCrossEntropy.apply(logits, targets, tp_group)
     return loss.transpose(0, 1).reshape(b, T * K)

@@ -1,7 +1,8 @@
 """Compatibility shims for running real megatron-core where it assumes a GPU or TE/Apex.
 
-- `enable_cpu()`: lets megatron-core 0.16.1 run on a machine without CUDA (gloo, fp32), so the
-  tensor/pipeline/data-parallel tests run in CI. A no-op when CUDA is available.
+- `enable_cpu()`: lets megatron-core 0.16.1 run on a machine without CUDA (gloo; fp32, or bf16
+  through megatron-core's own mixed-precision path), so the tensor/pipeline/data-parallel tests
+  and the bf16 checks run in CI. A no-op when CUDA is available.
 - `fix_torch_adam_distrib_optimizer()`: repairs DistributedOptimizer checkpoint loading with
   plain `torch.optim.AdamW` (always the case without TE/Apex, on CPU or GPU).
 - `use_in_process_results_queue()`: synchronous dist_checkpointing saves without the spawned

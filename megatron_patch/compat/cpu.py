@@ -3,6 +3,13 @@
 megatron-core hard-codes CUDA in many places: `torch.cuda.current_device()` used as a device,
 `device="cuda"` in factory calls, `.cuda()` / `.to("cuda")`, `torch.cuda.synchronize()`, the
 CUDA RNG tracker, and type-string asserts such as `param.grad.type() == 'torch.cuda.FloatTensor'`.
+bf16 mixed precision adds more of the same and nothing else: `Float16OptimizerWithFloat16Params`
+and the DistributedOptimizer sort parameters by `param.type()` into 'torch.cuda.BFloat16Tensor'
+(fp32 main copy made) and 'torch.cuda.FloatTensor', and allocate their found-inf / scale
+tensors with `device='cuda'`; `Float16Module` casts with `.bfloat16()` and checks
+`isinstance(x, torch.FloatTensor)`, which holds on CPU. So `--bf16` on CPU runs megatron-core's
+own mixed-precision code (bf16 weights and activations, fp32 main weights, fp32 loss) through
+the same rewrites; only the kernels are CPU ones (tests/unit/training/test_bf16.py).
 Rather than patching each call site, `enable_cpu()`:
 
 1. pushes one `TorchFunctionMode` that rewrites every CUDA device argument to CPU, turns

@@ -13,6 +13,7 @@
   and `finalize_model_grads` divides the gradients by the global count of loss tokens, so
   the step follows the exact per-token mean over all microbatches and data-parallel ranks.
 """
+import contextlib
 from typing import List
 
 import torch
@@ -48,7 +49,8 @@ def wrap_ddp(chunks, cfg, dtype) -> list:
     """Float16Module (bf16) + DDP around each chunk; configures the schedule hooks on the config."""
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
+        overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+        overlap_param_gather=cfg.parallel.overlap_param_gather,
         use_distributed_optimizer=cfg.optim.use_distributed_optimizer,
     )
     wrapped = []
@@ -62,6 +64,23 @@ def wrap_ddp(chunks, cfg, dtype) -> list:
             )
         )
     return wrapped
+
+
+@contextlib.contextmanager
+def gathered_params(model: list, cfg):
+    """With --overlap-param-gather the DistributedOptimizer's parameter all-gather finishes in the
+    next forward pass; evaluation and checkpoint saves need the updated weights now, so the
+    gather is completed here (as Megatron-LM does) and deferred again afterwards."""
+    if not cfg.parallel.overlap_param_gather:
+        yield
+        return
+    for chunk in model:
+        chunk.disable_forward_pre_hook()  # also finishes the pending all-gather
+    try:
+        yield
+    finally:
+        for chunk in model:
+            chunk.enable_forward_pre_hook()
 
 
 def unwrap(model_chunk) -> PatchGPTModel:
@@ -90,19 +109,26 @@ def build_optimizer(ddp_chunks, cfg, dtype):
         use_distributed_optimizer=o.use_distributed_optimizer,
         decoupled_weight_decay=True,
     )
-    optimizer = get_megatron_optimizer(opt_cfg, ddp_chunks)
-    config = ddp_chunks[0].config
+    return get_megatron_optimizer(opt_cfg, ddp_chunks)
+
+
+def connect_schedule(ddp_chunks, optimizer, cfg) -> None:
+    """Give megatron-core's pipeline schedule the callbacks it reads from the model config: loss
+    scaling, the gradient finalisation (DP all-reduce, per-token normalisation, SP norm grads),
+    the no-sync context for gradient accumulation and, with --overlap-grad-reduce, the bucket
+    all-reduce it starts during the backward pass."""
+    many = len(ddp_chunks) > 1
     for chunk in ddp_chunks:
-        chunk.config.grad_scale_func = optimizer.scale_loss
-        chunk.config.finalize_model_grads_func = finalize_model_grads
-        chunk.config.no_sync_func = (
-            [c.no_sync for c in ddp_chunks] if len(ddp_chunks) > 1 else ddp_chunks[0].no_sync
-        )
+        c = chunk.config
+        assert c.calculate_per_token_loss  # set by wrap_ddp before DDP read it
+        c.grad_scale_func = optimizer.scale_loss
+        c.finalize_model_grads_func = finalize_model_grads
+        c.no_sync_func = [m.no_sync for m in ddp_chunks] if many else ddp_chunks[0].no_sync
+        if cfg.parallel.overlap_grad_reduce:
+            c.grad_sync_func = [m.start_grad_sync for m in ddp_chunks] if many else ddp_chunks[0].start_grad_sync
         if not device.on_gpu():
-            # gloo: batched isend/irecv mis-ordered the interleaved schedule's messages (DESIGN.md).
-            chunk.config.batch_p2p_comm = False
-    assert config.calculate_per_token_loss
-    return optimizer
+            # gloo: batched isend/irecv mis-ordered the interleaved schedule's messages.
+            c.batch_p2p_comm = False
 
 
 def build_scheduler(optimizer, cfg, stage) -> OptimizerParamScheduler:

@@ -329,6 +329,9 @@ def config_from_dict(d: dict) -> RunConfig:
         if hasattr(obj, "validate_fields"):
             obj.validate_fields()
         setattr(cfg, name, obj)
+    if cfg.parallel.overlap_param_gather and not cfg.optim.use_distributed_optimizer:
+        raise ValueError("--overlap-param-gather needs --use-distributed-optimizer (it overlaps the "
+                         "DistributedOptimizer's parameter all-gather)")
     return cfg
 
 

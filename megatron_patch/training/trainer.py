@@ -113,6 +113,7 @@ class Trainer:
                 ckpt.load_init(init, chunks)
         model = builders.wrap_ddp(chunks, cfg, self.dtype)
         optimizer = builders.build_optimizer(model, cfg, self.dtype)
+        builders.connect_schedule(model, optimizer, cfg)
         scheduler = builders.build_scheduler(optimizer, cfg, stage)
         if resume is not None:
             ckpt.load_resume(resume, chunks, optimizer, scheduler, state)
@@ -130,7 +131,12 @@ class Trainer:
         world = torch.distributed.get_world_size()
 
         def save():
-            return ckpt.save(stage, state, chunks, optimizer, scheduler)
+            with builders.gathered_params(model, cfg):
+                return ckpt.save(stage, state, chunks, optimizer, scheduler)
+
+        def validate():
+            with builders.gathered_params(model, cfg):
+                return evaluator.run(stage, state)
 
         while state.step < stage.train_iters:
             start = time.perf_counter()
@@ -145,14 +151,14 @@ class Trainer:
             if state.step == stage.train_iters:
                 break
             if evaluator.due(state.step):
-                evaluator.run(stage, state)
+                validate()
             if ckpt.due(state.step):
                 save()
             reason = self.exit.reason(state.step)
             if reason:
                 raise ExitRequested(f"{stage.name} stage step {state.step}: {reason}", save())
 
-        final = evaluator.run(stage, state)
+        final = validate()
         state.val_loss = final["val_loss"] if final else None
         state.val_ppl = final["val_ppl"] if final else None
         save()

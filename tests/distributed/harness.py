@@ -47,6 +47,7 @@ class StageHarness:
         if self.model is None:
             self.model = builders.wrap_ddp(self.chunks, self.cfg, self.dtype)
             self.optimizer = builders.build_optimizer(self.model, self.cfg, self.dtype)
+            builders.connect_schedule(self.model, self.optimizer, self.cfg)
             self.scheduler = builders.build_scheduler(self.optimizer, self.cfg, self.stage)
             self.data = StageData(self.cfg, self.stage, eval_stage(self.cfg))
 

@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
     ap.add_argument("--dist-opt", action="store_true")
+    ap.add_argument("--overlap", action="store_true",
+                    help="--overlap-grad-reduce (+ --overlap-param-gather with --dist-opt)")
     ap.add_argument("--patch-sizes", default="1,4")
     ap.add_argument("--init-dir", required=True, help="initial weights: written with --save-init, else read")
     ap.add_argument("--save-init", action="store_true")
@@ -43,6 +45,8 @@ def main():
     layout = ["--tensor-model-parallel-size", args.tp, "--pipeline-model-parallel-size", args.pp]
     if args.dist_opt:
         layout.append("--use-distributed-optimizer")
+    if args.overlap:
+        layout += ["--overlap-grad-reduce"] + (["--overlap-param-gather"] if args.dist_opt else [])
     save = tempfile.mkdtemp(prefix="parallel-")
     result = {}
     for K in map(int, args.patch_sizes.split(",")):

@@ -1,7 +1,9 @@
-"""TP=2, PP=2 (1F1B), TP2xPP2 and DP=2 with the DistributedOptimizer reproduce TP=1 in fp32.
+"""TP=2, PP=2 (1F1B), TP2xPP2 and DP=2 with the DistributedOptimizer (also with overlapped
+gradient reduce and parameter gather) reproduce TP=1 in fp32.
 
 One torchrun launch per layout; each trains K=1 and K=4 for five optimizer steps from the
-same saved initialisation on the same global batches (tests/distributed/parallel_worker.py).
+same saved initialisation on the same global batches, built and stepped by the product's own
+builders and train step (tests/distributed/parallel_worker.py).
 """
 import pytest
 
@@ -24,8 +26,10 @@ def reference(tmp_path_factory):
         (2, ["--pp", "2"]),
         (4, ["--tp", "2", "--pp", "2"]),
         (2, ["--dist-opt"]),  # DP=2 with megatron-core's DistributedOptimizer
+        (2, ["--pp", "2", "--overlap"]),  # gradient reduce overlapped with the backward
+        (2, ["--dist-opt", "--overlap"]),  # + the parameter all-gather overlapped with the forward
     ],
-    ids=["tp2", "pp2", "tp2pp2", "dp2-distopt"],
+    ids=["tp2", "pp2", "tp2pp2", "dp2-distopt", "pp2-overlap", "dp2-distopt-overlap"],
 )
 def test_layout_reproduces_tp1_losses(reference, tmp_path, nproc, layout):
     init_dir, ref = reference

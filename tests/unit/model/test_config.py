@@ -23,28 +23,24 @@ def test_every_preset_validates_at_its_intended_layouts(name):
         validate_for(cfg, ParallelConfig(tensor_model_parallel_size=tp), 4, 256)
 
 
-def test_patch_size_below_one():
-    with pytest.raises(ValueError, match="--patch-size must be an integer >= 1"):
-        validate_for(get_preset("tiny"), ParallelConfig(), 0, 64)
-
-
 def test_seq_length_not_multiple_of_k():
     with pytest.raises(ValueError, match="not a multiple of --patch-size 4; use e.g. 64"):
         validate_for(get_preset("tiny"), ParallelConfig(), 4, 66)
 
 
-def test_sample_longer_than_max():
-    with pytest.raises(ValueError, match="exceeds max_seq_length 1024"):
-        validate_for(get_preset("tiny"), ParallelConfig(), 4, 2048)
+def test_max_position_embeddings_counts_positions_not_tokens():
+    validate_for(get_preset("tiny"), ParallelConfig(), 4, 4096)  # 1024 patches of 4 tokens fit
+    with pytest.raises(ValueError, match="2048 transformer positions, more than --max-position-embeddings 1024"):
+        validate_for(get_preset("tiny"), ParallelConfig(), 4, 8192)
 
 
 def test_heads_must_divide_hidden():
-    with pytest.raises(ValueError, match="does not divide hidden_size=64"):
+    with pytest.raises(ValueError, match="--num-attention-heads 5 does not divide --hidden-size 64"):
         get_preset("tiny", num_attention_heads=5)
 
 
 def test_query_groups_must_divide_heads():
-    with pytest.raises(ValueError, match="num_query_groups=3 must divide"):
+    with pytest.raises(ValueError, match="--num-query-groups 3 must divide"):
         get_preset("tiny", num_query_groups=3)
 
 
@@ -77,7 +73,7 @@ def test_vocab_is_padded_for_tp(vocab, tp):
 
 
 def test_bad_vocab_padding_setting():
-    with pytest.raises(ValueError, match="make_vocab_size_divisible_by"):
+    with pytest.raises(ValueError, match="--make-vocab-size-divisible-by"):
         ModelConfig(num_layers=1, hidden_size=8, ffn_hidden_size=8, num_attention_heads=1,
                     make_vocab_size_divisible_by=0)
 

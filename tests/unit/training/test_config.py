@@ -76,6 +76,8 @@ def test_flags_override_yaml_and_defaults(tmp_path):
     ("", ["--train-iters", "10", "--global-batch-size", "6", "--micro-batch-size", "4"], "not a multiple"),
     ("", ["--train-iters", "10", "--patch-size", "4", "--patch-seq-length", "30"], "use e.g. 28"),
     ("", ["--train-iters", "10", "--patch-fraction", "1.5"], "[0, 1]"),
+    ("", ["--train-iters", "10", "--patch-size", "0"], "--patch-size must be an integer >= 1"),
+    ("", ["--train-iters", "10", "--patch-size", "2.5"], "cannot read '2.5' as int"),
     ("", ["--train-iters", "10", "--stage", "patch"], "--patch-size > 1"),
     ("", ["--train-iters", "10", "--min-lr", "1", "--lr", "0.1"], "--min-lr"),
     ("", ["--train-iters", "10", "--lr", "nan"], "finite"),
