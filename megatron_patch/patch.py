@@ -4,8 +4,9 @@
   (no new parameters). A sample of T*K tokens becomes T transformer positions.
 - `patch_cross_entropy`: the output of patch i predicts each of the K tokens of patch i+1
   through the one shared output layer. One log-softmax per position, K gathered target logits:
-      loss[i, k] = logsumexp(logits_i) - logits_i[y_{i,k}]
-  Its mean is the paper's loss 1/K * sum_k CE(logits_i, x[(i+1)K + k]).
+      loss[i, k] = w_k * (logsumexp(logits_i) - logits_i[y_{i,k}])
+  With the paper's uniform weights (w_k = 1) its mean is 1/K * sum_k CE(logits_i, x[(i+1)K + k]);
+  `target_decay` R < 1 weighs target k by R**k (normalised to average 1).
 
 K = 1 is ordinary next-token training. Everything else (the transformer, tensor/pipeline/data
 parallelism, checkpoints) is megatron-core's, untouched.
@@ -18,7 +19,38 @@ from megatron.core.tensor_parallel import (
 )
 
 
-def patch_embedding(embedding: LanguageModelEmbedding, input_ids: torch.Tensor, patch_size: int):
+MEAN_DTYPES = ("fp32", "param")
+
+
+def _patch_mean(emb: torch.Tensor, dim: int, mean_dtype: str) -> torch.Tensor:
+    """Mean over `dim` (the K tokens of each patch), returned in emb's dtype.
+
+    "fp32": accumulated in fp32 and rounded once. bf16 keeps 8 significant bits (relative
+    rounding error u = 2^-8): an fp32 sum adds errors of order 2^-24 and the one final rounding
+    costs at most u, as close as a bf16 activation can be. The casts are free in fp32.
+    "param": a running sum in emb's dtype, rounded after each of the K-1 additions, then divided
+    by K; under bf16 its error grows with K (up to about (K-1)u + u). torch's own `mean` of a
+    bf16 tensor accumulates in fp32, so this is spelled out as additions."""
+    if mean_dtype == "fp32":
+        return emb.float().mean(dim=dim).to(emb.dtype)
+    if mean_dtype != "param":
+        raise ValueError(f"mean_dtype must be one of {MEAN_DTYPES}, got {mean_dtype!r}")
+    parts = emb.unbind(dim)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total / len(parts)
+
+
+def target_weights(patch_size: int, decay: float) -> torch.Tensor:
+    """[K] fp32 weights of a patch's K targets: target k (k = 0 right after the patch boundary)
+    weighs decay**k, normalised to average 1, so the loss keeps its scale. decay = 1: all ones."""
+    w = torch.tensor([decay ** k for k in range(patch_size)], dtype=torch.float64)
+    return (w * (patch_size / w.sum())).float()
+
+
+def patch_embedding(embedding: LanguageModelEmbedding, input_ids: torch.Tensor, patch_size: int,
+                    mean_dtype: str = "fp32"):
     """Embed [b, T*K] tokens and average each K consecutive embeddings: returns [T, b, h].
 
     Uses `embedding.word_embeddings` (megatron-core's vocab-parallel embedding) so checkpoint
@@ -32,16 +64,11 @@ def patch_embedding(embedding: LanguageModelEmbedding, input_ids: torch.Tensor, 
         raise ValueError(f"input length {s} is not a multiple of patch_size {K}")
     config = embedding.config
     emb = embedding.word_embeddings(input_ids)
-    # The mean is accumulated in fp32 and rounded once to the compute dtype. bf16 keeps 8
-    # significant bits (relative rounding error u = 2^-8): a bf16 running sum rounds after each
-    # of the K-1 additions, so its error grows with K (up to (K-1)u), while an fp32 sum adds
-    # errors of order 2^-24 and the one final rounding costs at most u: as close as a bf16
-    # activation can be. The casts are free in fp32 (K=1 never comes here).
-    dtype = emb.dtype
+    # By default the mean is accumulated in fp32 and rounded once (see _patch_mean).
     if embedding.reduce_scatter_embeddings:
-        emb = emb.view(-1, K, b, emb.size(-1)).float().mean(dim=1).to(dtype)  # [T/tp, b, h]
+        emb = _patch_mean(emb.view(-1, K, b, emb.size(-1)), 1, mean_dtype)  # [T/tp, b, h]
     else:
-        emb = emb.view(b, s // K, K, emb.size(-1)).float().mean(dim=2).to(dtype)  # [b, T, h]
+        emb = _patch_mean(emb.view(b, s // K, K, emb.size(-1)), 2, mean_dtype)  # [b, T, h]
         if embedding.add_position_embedding:
             positions = torch.arange(s // K, device=input_ids.device)
             emb = emb + embedding.position_embeddings(positions)
@@ -109,12 +136,15 @@ class _VocabParallelPatchCrossEntropy(torch.autograd.Function):
         return grad.to(ctx.logits_dtype), None, None
 
 
-def patch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, patch_size: int, tp_group=None):
+def patch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, patch_size: int, tp_group=None,
+                        target_decay: float = 1.0):
     """Per-target loss [b, T*K] from vocab-parallel logits [T, b, V/tp] and labels [b, T*K].
 
     Entry i*K + k is the cross-entropy of patch i's distribution against labels[:, i*K + k]
-    (the data puts the next patch's tokens there). Computed in fp32 for fp32 and bf16 logits
-    alike (the upcast happens inside, into the one buffer the loss needs); the loss is fp32.
+    (the data puts the next patch's tokens there), times the weight of target k
+    (`target_weights`: 1 for the paper's uniform weights, where nothing is multiplied).
+    Computed in fp32 for fp32 and bf16 logits alike (the upcast happens inside, into the one
+    buffer the loss needs); the loss is fp32.
     """
     T, b, _ = logits.shape
     K = patch_size
@@ -122,4 +152,6 @@ def patch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, patch_size: 
         raise ValueError(f"labels shape {tuple(labels.shape)} != (batch, T*K) = {(b, T * K)}")
     targets = labels.view(b, T, K).transpose(0, 1).contiguous()  # [T, b, K]
     loss = _VocabParallelPatchCrossEntropy.apply(logits, targets, tp_group)
+    if target_decay != 1.0:
+        loss = loss * target_weights(K, target_decay).to(loss.device)  # broadcast over [T, b, K]
     return loss.transpose(0, 1).reshape(b, T * K)

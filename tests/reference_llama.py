@@ -1,6 +1,6 @@
 """An independent plain-PyTorch LLaMA with the patch-level input and loss (fp32, CPU).
 
-Reads a TP=1 megatron-core state dict; written from the equations in DESIGN.md, not from
+Reads a TP=1 megatron-core state dict; written from the equations in docs/design.md, not from
 megatron-core's modules, so it can catch mistakes in how ours are wired together.
 """
 import math

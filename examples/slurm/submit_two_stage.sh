@@ -1,17 +1,21 @@
 #!/bin/bash
 # Submit the whole patch-level recipe as three dependent Slurm jobs:
 #   patch_stage.sbatch  ->  convert.sbatch  ->  token_stage.sbatch
-# each starting only if the previous one succeeded (--dependency=afterok). Every knob of the
-# .sbatch files (NODES, GPUS_PER_NODE, TP, PP, CONFIG, DATA_PATH, TOKENIZER, SAVE, K, LAMBDA,
-# TRAIN_TOKENS/TRAIN_ITERS, MBS, GBS, SEQ_LEN, LR, ...) is read from the environment and passed on
-# unchanged, so both stages see the same budget, K and LAMBDA.
+# each starting only when the previous one succeeded (--dependency=afterok). A stage job that
+# runs out of time (or is preempted) saves, requeues itself under the same job id and continues,
+# so the jobs after it wait until the stage is complete. Every knob of the .sbatch files (CONFIG,
+# DATA_PATH, TOKENIZER, SAVE, TP, PP, K, LAMBDA, TRAIN_TOKENS, MBS, ...) is read from the
+# environment and passed on unchanged, so both stages see the same config, budget, K and LAMBDA;
+# knobs left unset keep the config's values.
 #
 #   NODES=4 GPUS_PER_NODE=8 CONFIG=examples/configs/370m.yaml \
 #   DATA_PATH=/data/pile_text_document TOKENIZER=/data/llama2/tokenizer.model \
-#   SAVE=/ckpt/370m_k4 TRAIN_TOKENS=360000000000 K=4 LAMBDA=0.6667 \
+#   SAVE=/ckpt/370m_k4 \
 #   bash examples/slurm/submit_two_stage.sh
 #
 # Extra sbatch options (account, partition, qos) go in SBATCH_EXTRA, e.g. "--account=abc -p gpu".
+# The jobs' logs go to LOG_DIR (default $SAVE.logs, beside the run directory: a first launch
+# with --load SAVE wants SAVE empty or holding a run).
 # DRY_RUN=1 prints the sbatch commands instead of submitting.
 set -euo pipefail
 
@@ -19,14 +23,24 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=${REPO:-$(cd "$HERE/../.." && pwd)}
 NODES=${NODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+CONFIG=${CONFIG-examples/configs/370m.yaml}
 : "${DATA_PATH:?set DATA_PATH}" "${TOKENIZER:?set TOKENIZER}" "${SAVE:?set SAVE}"
-if [[ -z "${TRAIN_TOKENS:-}" && -z "${TRAIN_ITERS:-}" ]]; then
-    echo "set TRAIN_TOKENS or TRAIN_ITERS (the whole two-stage budget)" >&2; exit 2
-fi
-K=${K:-4}
-LAMBDA=${LAMBDA:-0.6667}
-export REPO NODES GPUS_PER_NODE K LAMBDA
+LOG_DIR=${LOG_DIR:-$SAVE.logs}
+export REPO NODES GPUS_PER_NODE CONFIG
 read -r -a EXTRA <<< "${SBATCH_EXTRA:-}"
+cd "$REPO"
+
+if [[ -n "$CONFIG" && ! -f "$CONFIG" ]]; then
+    echo "CONFIG=$CONFIG: no such file (a relative path is taken from $REPO)" >&2; exit 2
+fi
+# Fail before queueing anything when there is no budget at all (tools/pretrain.py checks the rest).
+if [[ -z "${TRAIN_TOKENS:-}${TRAIN_ITERS:-}${TRAIN_SAMPLES:-}" ]]; then
+    if [[ -z "$CONFIG" ]] || ! grep -Eq '^[[:space:]]*train_(tokens|iters|samples):[[:space:]]*[0-9]' "$CONFIG"; then
+        echo "no budget: ${CONFIG:-no config} sets none of train_tokens/train_iters/train_samples;" \
+             "set TRAIN_TOKENS, TRAIN_ITERS or TRAIN_SAMPLES (the whole two-stage budget)" >&2
+        exit 2
+    fi
+fi
 
 submit() {  # submit [sbatch options...] SCRIPT -> prints the job id
     if [[ -n "${DRY_RUN:-}" ]]; then
@@ -37,13 +51,13 @@ submit() {  # submit [sbatch options...] SCRIPT -> prints the job id
     fi
 }
 
-mkdir -p "$SAVE"
-cd "$REPO"
+mkdir -p "$SAVE" "$LOG_DIR"
 PATCH_JOB=$(submit --nodes="$NODES" --gpus-per-node="$GPUS_PER_NODE" \
-    --output="$SAVE/slurm-patch-%j.out" "$HERE/patch_stage.sbatch")
+    --output="$LOG_DIR/slurm-patch-%j.out" "$HERE/patch_stage.sbatch")
 CONVERT_JOB=$(submit --dependency="afterok:$PATCH_JOB" \
-    --output="$SAVE/slurm-convert-%j.out" "$HERE/convert.sbatch")
+    --output="$LOG_DIR/slurm-convert-%j.out" "$HERE/convert.sbatch")
 TOKEN_JOB=$(submit --dependency="afterok:$CONVERT_JOB" --nodes="$NODES" --gpus-per-node="$GPUS_PER_NODE" \
-    --output="$SAVE/slurm-token-%j.out" "$HERE/token_stage.sbatch")
+    --output="$LOG_DIR/slurm-token-%j.out" "$HERE/token_stage.sbatch")
 echo "submitted: patch stage $PATCH_JOB -> convert $CONVERT_JOB -> token stage $TOKEN_JOB"
-echo "logs in $SAVE/slurm-*.out; metrics in $SAVE/metrics.jsonl; cancel all: scancel $PATCH_JOB $CONVERT_JOB $TOKEN_JOB"
+echo "logs in $LOG_DIR/slurm-*.out; metrics in $SAVE/metrics.jsonl; cancel all: scancel $PATCH_JOB $CONVERT_JOB $TOKEN_JOB"
+echo "where a stage stands: python tools/run_status.py $SAVE --stage patch (or token)"

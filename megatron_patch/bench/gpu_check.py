@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from megatron_patch import device
+from megatron_patch.flags import to_argv
 from megatron_patch.config import ModelConfig, ParallelConfig, get_preset
 
 LOSS_TOLERANCE = 0.03
@@ -361,12 +362,7 @@ def _train_flags(sizes: Sizes, prefix: str, tok: str, save: str, dtype: str) -> 
         "--seed": 1234, "--use-distributed-optimizer": True, "--no-tensorboard": True,
         f"--{dtype}": True,
     })
-    out = []
-    for k, v in flags.items():
-        if v is None:
-            continue
-        out += [k] if v is True else [k, str(v)]
-    return out
+    return to_argv(flags)
 
 
 class _Tee(io.TextIOBase):

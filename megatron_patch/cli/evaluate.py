@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from megatron_patch import distributed
     from megatron_patch.config import ParallelConfig
-    from megatron_patch.training.checkpointing import CheckpointError
+    from megatron_patch.training.rundir import CheckpointError
     from megatron_patch.training.evaluation import evaluate_checkpoint
 
     rank = int(os.environ.get("RANK", 0))

@@ -15,4 +15,7 @@ def use_in_process_results_queue() -> None:
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     if getattr(filesystem_async, "_results_queue", None) is None:
+        from megatron_patch.compat.versions import check_versions
+
+        check_versions()
         filesystem_async._results_queue = queue.Queue()

@@ -119,6 +119,9 @@ def enable_cpu() -> bool:
     with _LOCK:
         if _ACTIVE:
             return True
+        from megatron_patch.compat.versions import check_versions
+
+        check_versions()
         _CudaToCpuMode().__enter__()  # stays pushed for the life of the process
 
         torch.cuda.current_device = lambda: 0

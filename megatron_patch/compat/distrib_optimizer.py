@@ -47,6 +47,9 @@ def fix_torch_adam_distrib_optimizer() -> None:
         return
     from megatron.core.optimizer import distrib_optimizer as mod
 
+    from megatron_patch.compat.versions import check_versions
+
+    check_versions()
     _APPLIED = True
     if mod.HAVE_APEX_OR_TE:  # FusedAdam: step lives in param_groups; nothing to fix
         return

@@ -3,7 +3,7 @@
     from megatron_patch.data import load_tokenizer, build_train_valid_test_datasets, split_token_counts
 
 Names are imported lazily (PEP 562) so that preprocessing workers, which only need
-sentencepiece and NumPy, start without importing torch and megatron-core.
+their tokenizer library and NumPy, start without importing torch and megatron-core.
 """
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from typing import Any
 _EXPORTS = {
     "load_tokenizer": "megatron_patch.data.tokenizer",
     "SentencePieceTokenizer": "megatron_patch.data.tokenizer",
+    "HuggingFaceTokenizer": "megatron_patch.data.tokenizer",
+    "NullTokenizer": "megatron_patch.data.tokenizer",
+    "TOKENIZER_TYPES": "megatron_patch.data.tokenizer",
     "build_train_valid_test_datasets": "megatron_patch.data.builder",
     "split_token_counts": "megatron_patch.data.builder",
     "parse_blend": "megatron_patch.data.paths",

@@ -2,19 +2,20 @@
 
 Each worker process loads the tokenizer once and turns whole chunks (a few hundred KB) into
 one token array per JSON key, so the writer receives a few large NumPy arrays instead of one
-Python list per document. Encoding uses sentencepiece's C++ batch path returning int32 buffers
-(no Python int per token).
+Python list per document. Encoding uses the tokenizer's native batch path (sentencepiece's C++
+batch call, the `tokenizers` library's Rust batch call) returning int32 arrays.
 
-Semantics are Megatron-LM's preprocess_data.py (encoder for --tokenizer-type Llama2Tokenizer):
+Semantics are Megatron-LM's preprocess_data.py (its Encoder.encode, any --tokenizer-type):
 - a key's value is a string (one sequence) or a list of strings (one sequence each);
 - sequences that encode to no ids are dropped; a document may end up with none (empty text);
-- with --append-eod the EOS id is appended to the document's last sequence, if it has one.
+- with --append-eod the EOD id is appended to the document's last sequence, if it has one.
 Differences, all on inputs Megatron-LM cannot process: blank JSONL lines are skipped, and bad
 input raises InputError naming file and line instead of a traceback.
 """
 from __future__ import annotations
 
 import json
+import os
 import signal
 from dataclasses import dataclass
 from typing import Optional
@@ -22,7 +23,6 @@ from typing import Optional
 import numpy as np
 
 from megatron_patch.data.text_input import Chunk, InputError
-from megatron_patch.data.tokenizer import SentencePieceTokenizer
 
 
 @dataclass
@@ -46,16 +46,13 @@ class EncodedChunk:
 class ChunkEncoder:
     """Parses and encodes chunks; one instance per worker process."""
 
-    def __init__(self, model_path: str, json_keys: list[str], append_eod: bool,
+    def __init__(self, batch_encoder, json_keys: list[str], eod: Optional[int],
                  dtype: np.dtype) -> None:
-        self.tokenizer = SentencePieceTokenizer(model_path)
+        """batch_encoder: a tokenizer's `batch_encoder()`; eod: the id --append-eod adds, or None."""
+        self.batch_encoder = batch_encoder
         self.json_keys = list(json_keys)
         self.dtype = np.dtype(dtype)
-        self.eod: Optional[np.ndarray] = None
-        if append_eod:
-            if self.tokenizer.eod < 0:
-                raise InputError(f"{model_path}: the tokenizer has no EOS id to use with --append-eod")
-            self.eod = np.array([self.tokenizer.eod], dtype=np.int32)
+        self.eod = None if eod is None else np.array([eod], dtype=np.int32)
 
     def __call__(self, chunk: Chunk) -> EncodedChunk:
         texts, counts, line_numbers = parse_chunk(chunk, self.json_keys)
@@ -69,8 +66,8 @@ class ChunkEncoder:
                 line_numbers: list[int]) -> EncodedKey:
         """counts[d]: sequences of document d (None: one each)."""
         try:
-            ids = self.tokenizer.encode_batch(texts)
-        except (RuntimeError, UnicodeError, TypeError):
+            ids = self.batch_encoder.encode_batch(texts)
+        except (RuntimeError, UnicodeError, TypeError, ValueError):
             ids = self._encode_one_by_one(path, texts, counts, line_numbers)
         if counts is None:
             counts = [1] * len(texts)
@@ -96,16 +93,18 @@ class ChunkEncoder:
 
     def _encode_one_by_one(self, path: str, texts: list[str], counts: Optional[list[int]],
                            line_numbers: list[int]) -> list[np.ndarray]:
-        """Slow path after a batch failed: find the document sentencepiece rejects."""
+        """Slow path after a batch failed: find the document the tokenizer rejects."""
         owners = (line_numbers if counts is None
                   else [n for n, c in zip(line_numbers, counts) for _ in range(c)])
         result = []
         for text, line in zip(texts, owners):
             try:
-                result.extend(self.tokenizer.encode_batch([text]))
+                result.extend(self.batch_encoder.encode_batch([text]))
             except (RuntimeError, UnicodeError, TypeError) as err:
                 raise InputError(f"{path}:{line}: cannot encode this text ({err}); "
                                  "it may hold unpaired surrogate escapes such as \\ud800") from None
+            except ValueError as err:  # NullTokenizer: not an id, or outside the vocabulary
+                raise InputError(f"{path}:{line}: cannot encode this text: {err}") from None
         return result
 
 
@@ -172,15 +171,18 @@ def _decode_lines(chunk: Chunk) -> list[str]:
 _ENCODER: Optional[ChunkEncoder] = None
 
 
-def init_worker(model_path: str, json_keys: list[str], append_eod: bool, dtype: str) -> None:
-    """Pool initializer: load the tokenizer once per process.
+def init_worker(batch_encoder, json_keys: list[str], eod: Optional[int], dtype: str,
+                threads: int = 1) -> None:
+    """Pool initializer: one encoder per process; the tokenizer loads on its first chunk.
 
-    Ctrl-C is left to the main process, which cancels the work and removes partial outputs;
-    workers would otherwise each print a KeyboardInterrupt traceback.
+    `threads`: threads a multi-threaded tokenizer (the `tokenizers` library) may use in this
+    process, unless RAYON_NUM_THREADS is set. Ctrl-C is left to the main process, which cancels
+    the work and removes partial outputs; workers would otherwise each print a traceback.
     """
     global _ENCODER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _ENCODER = ChunkEncoder(model_path, json_keys, append_eod, np.dtype(dtype))
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))
+    _ENCODER = ChunkEncoder(batch_encoder, json_keys, eod, np.dtype(dtype))
 
 
 def encode_chunk(chunk: Chunk) -> EncodedChunk:

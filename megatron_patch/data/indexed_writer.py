@@ -5,8 +5,8 @@ sequences (what Megatron-LM's preprocess_data.py uses), but memory stays flat: t
 every sequence length in Python lists until `finalize`, this writer streams lengths and document
 boundaries to temporary side files and assembles the index in fixed-size chunks.
 
-Everything is written under temporary names and renamed only when complete, so a killed or
-failed run leaves nothing that looks like a finished dataset.
+Both files are written under temporary names (megatron_patch.io.atomic_path) and renamed only
+when complete, so a killed or failed run leaves nothing that looks like a finished dataset.
 
 .idx layout (megatron-core 0.16 `_IndexWriter`): b"MMIDIDX\\0\\0", u64 version 1, u8 dtype code,
 u64 sequence count, u64 document count, int32 lengths, int64 byte pointers, int64 document
@@ -14,12 +14,16 @@ indices (sequence counts at each document end, starting with 0).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
+import tempfile
 from typing import BinaryIO, Iterator
 
 import numpy as np
+
+from megatron_patch.io import atomic_path
 
 _HEADER = b"MMIDIDX\x00\x00"
 # megatron-core's DType codes.
@@ -42,10 +46,21 @@ class IndexedDatasetWriter:
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DTYPE_CODES:
             raise ValueError(f"unsupported token dtype {self.dtype}")
-        self._tmp = f"{prefix}.tmp-{os.getpid()}"
-        self._files: dict[str, BinaryIO] = {
-            name: open(f"{self._tmp}.{name}", "wb") for name in ("bin", "lengths", "docs")
-        }
+        # The .bin streams into atomic_path's temporary from the start; the stack holds it open
+        # until finalize() renames it (or abort() deletes it).
+        self._outputs = contextlib.ExitStack()
+        self._files: dict[str, BinaryIO] = {}
+        try:
+            bin_tmp = self._outputs.enter_context(atomic_path(f"{prefix}.bin"))
+            directory = os.path.dirname(os.path.abspath(prefix))
+            self._scratch = self._outputs.enter_context(
+                tempfile.TemporaryDirectory(prefix=f".{os.path.basename(prefix)}.", dir=directory))
+            self._files["bin"] = open(bin_tmp, "wb")
+            for name in ("lengths", "docs"):
+                self._files[name] = open(os.path.join(self._scratch, name), "wb")
+        except BaseException:
+            self.abort()
+            raise
         self.num_sequences = 0
         self.num_documents = 0
         self.num_tokens = 0
@@ -74,46 +89,51 @@ class IndexedDatasetWriter:
         """Write the index and move both files to their final names; returns (bin, idx) paths."""
         for f in self._files.values():
             f.close()
-        idx_tmp = f"{self._tmp}.idx"
         itemsize = self.dtype.itemsize
-        with open(idx_tmp, "wb") as out:
-            out.write(_HEADER)
-            out.write(struct.pack("<Q", 1))
-            out.write(struct.pack("<B", _DTYPE_CODES[self.dtype]))
-            out.write(struct.pack("<Q", self.num_sequences))
-            out.write(struct.pack("<Q", self.num_documents + 1))
-            with open(f"{self._tmp}.lengths", "rb") as lengths:
-                shutil.copyfileobj(lengths, out)
-            # Byte pointers: exclusive running sum of lengths * itemsize, computed chunk by chunk.
-            pointer = 0
-            for chunk in _read_chunks(f"{self._tmp}.lengths", np.int32):
-                ends = pointer + np.cumsum(chunk, dtype=np.int64) * itemsize
-                out.write(np.concatenate(([pointer], ends[:-1])).astype(np.int64).tobytes())
-                pointer = int(ends[-1])
-            with open(f"{self._tmp}.docs", "rb") as docs:
-                shutil.copyfileobj(docs, out)
+        lengths_path = os.path.join(self._scratch, "lengths")
         bin_path, idx_path = f"{self.prefix}.bin", f"{self.prefix}.idx"
-        # Remove a previous index first: between the two renames only a .bin exists, which
-        # megatron-core refuses to open, so an interrupted rename never looks finished.
-        if os.path.exists(idx_path):
-            os.remove(idx_path)
-        os.replace(f"{self._tmp}.bin", bin_path)
-        os.replace(idx_tmp, idx_path)
-        self._remove_temporaries()
+        try:
+            with atomic_path(idx_path) as idx_tmp:
+                with open(idx_tmp, "wb") as out:
+                    out.write(_HEADER)
+                    out.write(struct.pack("<Q", 1))
+                    out.write(struct.pack("<B", _DTYPE_CODES[self.dtype]))
+                    out.write(struct.pack("<Q", self.num_sequences))
+                    out.write(struct.pack("<Q", self.num_documents + 1))
+                    with open(lengths_path, "rb") as lengths:
+                        shutil.copyfileobj(lengths, out)
+                    # Byte pointers: exclusive running sum of lengths * itemsize, chunk by chunk.
+                    pointer = 0
+                    for chunk in _read_chunks(lengths_path, np.int32):
+                        ends = pointer + np.cumsum(chunk, dtype=np.int64) * itemsize
+                        out.write(np.concatenate(([pointer], ends[:-1])).astype(np.int64).tobytes())
+                        pointer = int(ends[-1])
+                    with open(os.path.join(self._scratch, "docs"), "rb") as docs:
+                        shutil.copyfileobj(docs, out)
+                # Remove a previous index before the .bin is renamed: in between only a .bin
+                # exists, which megatron-core refuses to open, so a half-done swap never looks
+                # finished. The new index is renamed last, when this block ends.
+                if os.path.exists(idx_path):
+                    os.remove(idx_path)
+                self._outputs.close()  # renames the .bin, removes the scratch directory
+        except BaseException:
+            self.abort()
+            raise
         return bin_path, idx_path
 
     def abort(self) -> None:
         """Close and delete every temporary file; the final names are never touched."""
         for f in self._files.values():
             f.close()
-        self._remove_temporaries()
+        # Unwinding the stack with an exception deletes atomic_path's temporary, not renames it.
+        try:
+            self._outputs.__exit__(_Aborted, _Aborted(), None)
+        except _Aborted:
+            pass
 
-    def _remove_temporaries(self) -> None:
-        for name in ("bin", "lengths", "docs", "idx"):
-            try:
-                os.remove(f"{self._tmp}.{name}")
-            except FileNotFoundError:
-                pass
+
+class _Aborted(Exception):
+    """Passed into the output stack so that its temporaries are removed, not committed."""
 
 
 def _read_chunks(path: str, dtype: type) -> Iterator[np.ndarray]:

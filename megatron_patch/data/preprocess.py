@@ -2,13 +2,16 @@
 
 Training never waits for tokenisation: documents are encoded once, here, and training reads
 memory-mapped files. One process reads the inputs in 256 KiB chunks of whole lines and streams
-results to disk; `workers` processes parse and encode chunks with sentencepiece. At most a few
+results to disk; `workers` processes parse and encode whole chunks with the tokenizer's batch
+path (sentencepiece's C++ batch call; for Hugging Face tokenizers the `tokenizers` library's
+Rust batch call, on several threads when there are more cores than workers). At most a few
 chunks per worker are in flight and the index is streamed too, so memory stays flat on inputs
 larger than RAM (megatron-core's IndexedDatasetBuilder, which Megatron-LM's script uses, keeps
 every sequence length and document boundary in Python lists until it finalizes).
 
 Output for each JSON key is PREFIX_{key}_document.bin/.idx, byte-identical to Megatron-LM's
-preprocess_data.py with --tokenizer-type Llama2Tokenizer and the same flags.
+preprocess_data.py with the same --tokenizer-type (SentencePieceTokenizer, Llama2Tokenizer,
+GPTSentencePieceTokenizer, HuggingFaceTokenizer, NullTokenizer) and the same flags.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
 from tqdm import tqdm
 
@@ -36,7 +40,9 @@ class PreprocessConfig:
 
     input: list[str]
     output_prefix: str
-    tokenizer_model: str
+    tokenizer_model: Optional[str]
+    tokenizer_type: Optional[str] = None  # None: a directory is HuggingFaceTokenizer, a file sentencepiece
+    vocab_size: Optional[int] = None  # NullTokenizer only
     json_keys: tuple[str, ...] = ("text",)
     append_eod: bool = False
     workers: int = 1
@@ -61,6 +67,15 @@ def output_prefix(prefix: str, key: str) -> str:
     return f"{prefix}_{key}_document"
 
 
+def threads_per_worker(workers: int) -> int:
+    """Cores this process may use, shared among the workers (at least one each)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
 def preprocess(config: PreprocessConfig) -> PreprocessResult:
     """Tokenise config.input into .bin/.idx files; InputError (nothing written) on bad input."""
     start = time.perf_counter()
@@ -68,11 +83,13 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
         raise InputError(f"--workers must be >= 1, got {config.workers}")
     files = expand_inputs(config.input, config.input_format)
     try:
-        tokenizer = load_tokenizer(config.tokenizer_model)
+        tokenizer = load_tokenizer(config.tokenizer_model, config.tokenizer_type, config.vocab_size)
     except ValueError as err:
-        raise InputError(f"--tokenizer-model: {err}") from None
+        raise InputError(str(err)) from None
     if config.append_eod and tokenizer.eod < 0:
-        raise InputError(f"{config.tokenizer_model}: the tokenizer has no EOS id for --append-eod")
+        raise InputError(f"{config.tokenizer_model}: the tokenizer has no end-of-document (EOS) "
+                         "token for --append-eod; define eos_token (tokenizer_config.json for a "
+                         "Hugging Face tokenizer) or drop --append-eod")
     keys = list(config.json_keys)
     if len(keys) > 1 and any(f.format == "text" for f in files):
         raise InputError("plain-text inputs hold one text per line: give a single --json-keys "
@@ -106,9 +123,11 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
 
     # A process pool that notices a dead worker (e.g. killed for memory): its futures raise
     # BrokenProcessPool instead of waiting forever as multiprocessing.Pool's would.
+    encoder = tokenizer.batch_encoder()
     executor = ProcessPoolExecutor(
         config.workers, initializer=init_worker,
-        initargs=(tokenizer.model_path, keys, config.append_eod, dtype.str))
+        initargs=(encoder, keys, tokenizer.eod if config.append_eod else None, dtype.str,
+                  threads_per_worker(config.workers)))
     try:
         for key in keys:
             writers[key] = IndexedDatasetWriter(output_prefix(config.output_prefix, key), dtype)

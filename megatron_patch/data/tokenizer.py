@@ -1,23 +1,54 @@
-"""SentencePiece tokenizer with the ids Megatron-LM's Llama2Tokenizer writes.
+"""Tokenizers under Megatron-LM's `--tokenizer-type` names, with the ids Megatron-LM writes.
 
-Megatron-LM (megatron.core.tokenizers, `--tokenizer-type Llama2Tokenizer`) encodes a document
-as the plain sentencepiece ids: no BOS, and the model's EOS id as the end-of-document (EOD)
-token. The vocabulary size is the model's piece count. This wrapper keeps exactly those
-conventions so files written here and by Megatron-LM agree byte for byte.
+    tok = load_tokenizer("tokenizer.model")                        # SentencePieceTokenizer
+    tok = load_tokenizer("hf_tokenizer_dir/")                      # HuggingFaceTokenizer
+    tok = load_tokenizer(None, "NullTokenizer", vocab_size=32000)  # ids written as text
+    tok.vocab_size, tok.eod, tok.unique_identifiers, tok.encode(text), tok.decode(ids)
+
+What each type encodes, as Megatron-LM's preprocess_data.py does with its default flags
+(megatron.core.tokenizers):
+- SentencePieceTokenizer, Llama2Tokenizer, GPTSentencePieceTokenizer: the plain sentencepiece ids
+  (no BOS); EOD is the model's EOS id; the vocabulary is the piece count.
+- HuggingFaceTokenizer: a directory with `tokenizer.json` (plus the usual tokenizer_config.json /
+  special_tokens_map.json), loaded by megatron-core's HuggingFaceTokenizer, offline. Ids are
+  those of the tokenizer's tokens without special tokens added around the text; EOD is the EOS
+  token; the vocabulary includes added tokens.
+- NullTokenizer: the text already is ids, separated by whitespace. `--vocab-size N` makes the
+  vocabulary N + 1 with EOD = N (megatron-core's NullTokenizer).
+
+Preprocessing workers never import megatron-core or transformers: `batch_encoder()` returns a
+small picklable object that encodes lists of texts to int32 arrays with the tokenizer's native
+batch path (sentencepiece's C++ batch call, the `tokenizers` library's multi-threaded Rust
+batch call), and that gives the same ids as `encode`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
-import sentencepiece
+
+SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "Llama2Tokenizer", "GPTSentencePieceTokenizer")
+HUGGINGFACE_TYPE = "HuggingFaceTokenizer"
+NULL_TYPE = "NullTokenizer"
+TOKENIZER_TYPES = SENTENCEPIECE_TYPES + (HUGGINGFACE_TYPE, NULL_TYPE)
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class SentencePieceTokenizer:
     """A loaded sentencepiece model: `.vocab_size`, `.eod`, `.bos`, `.encode`, `.decode`."""
 
+    tokenizer_type = "SentencePieceTokenizer"
+
     def __init__(self, model_path: str) -> None:
+        import sentencepiece
+
+        if model_path and os.path.isdir(model_path):
+            raise ValueError(
+                f"tokenizer model {model_path!r} is a directory: for a Hugging Face tokenizer "
+                "directory (tokenizer.json) pass --tokenizer-type HuggingFaceTokenizer"
+            )
         if not model_path or not os.path.isfile(model_path):
             raise ValueError(
                 f"tokenizer model {model_path!r} not found: pass a SentencePiece .model file "
@@ -53,8 +84,8 @@ class SentencePieceTokenizer:
         return int(self._sp.bos_id())
 
     @property
-    def processor(self) -> sentencepiece.SentencePieceProcessor:
-        """The underlying processor, for batch encoding in preprocessing workers."""
+    def processor(self):
+        """The underlying sentencepiece.SentencePieceProcessor."""
         return self._sp
 
     def encode(self, text: str) -> list[int]:
@@ -77,7 +108,283 @@ class SentencePieceTokenizer:
         """What megatron-core's dataset config hashes to identify the tokenizer."""
         return {"class": type(self).__name__, "tokenizer_path": self.model_path}
 
+    def batch_encoder(self) -> "_SentencePieceBatch":
+        return _SentencePieceBatch(self.model_path)
 
-def load_tokenizer(path: str) -> SentencePieceTokenizer:
-    """Load a SentencePiece model (ValueError naming the path if it is missing or invalid)."""
-    return SentencePieceTokenizer(path)
+
+class HuggingFaceTokenizer:
+    """A Hugging Face tokenizer directory, loaded by megatron-core's HuggingFaceTokenizer.
+
+    Loading imports transformers and megatron-core (a few seconds); encoding goes straight to
+    the `tokenizers` backend, which gives the ids megatron-core's `tokenize` gives (checked when
+    loading: ids whose token maps back to another id are remapped as megatron-core does).
+    """
+
+    tokenizer_type = HUGGINGFACE_TYPE
+
+    def __init__(self, path: str) -> None:
+        if not path or not os.path.isdir(path):
+            hint = (" (a file: for a SentencePiece .model use --tokenizer-type "
+                    "SentencePieceTokenizer)" if path and os.path.isfile(path) else "")
+            raise ValueError(
+                f"--tokenizer-model {path!r} is not a directory{hint}: HuggingFaceTokenizer needs "
+                "a local directory holding tokenizer.json (the Hub is never contacted)"
+            )
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            present = ", ".join(sorted(os.listdir(path))[:8]) or "nothing"
+            raise ValueError(
+                f"{path}: no tokenizer.json (the directory holds {present}); save the tokenizer "
+                "with `tokenizer.save_pretrained(dir)` from a fast Hugging Face tokenizer"
+            )
+        self.path = os.path.abspath(path)
+        # Offline: a local directory never needs the Hub. Loading encodes a probe text, kept off
+        # the tokenizers library's thread pool: a process forked after that pool started
+        # (preprocessing workers) would encode on one thread.
+        with _environ(HF_HUB_OFFLINE="1",
+                      TOKENIZERS_PARALLELISM=os.environ.get("TOKENIZERS_PARALLELISM", "false")):
+            self._mcore = _load_megatron_tokenizer(
+                self.path, {"library": "huggingface"},
+                # Megatron-LM's build_tokenizer arguments with its default flags.
+                vocab_file=None, merges_file=None, additional_special_tokens=[], use_fast=False,
+                trust_remote_code=False, include_special_tokens=False)
+        self._hf = self._mcore._tokenizer.tokenizer  # the transformers tokenizer
+        backend = getattr(self._hf, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(f"{path}: transformers loaded a slow tokenizer "
+                             f"({type(self._hf).__name__}); a tokenizer.json-backed one is needed")
+        self._json = backend.to_str()
+        self._split_special_tokens = bool(getattr(self._hf, "split_special_tokens", False))
+        self._remap = _token_roundtrip_remap(backend, len(self._hf), self._hf.unk_token_id)
+        self._backend = None
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary with added tokens (len of the transformers tokenizer)."""
+        return int(self._mcore.vocab_size)
+
+    @property
+    def eod(self) -> int:
+        """The EOS token's id, or -1 if the tokenizer defines no EOS token."""
+        eod = self._mcore.eod
+        return -1 if eod is None else int(eod)
+
+    @property
+    def unique_identifiers(self):
+        """megatron-core's identifiers for this tokenizer (class, path, load arguments)."""
+        return self._mcore.unique_identifiers
+
+    @property
+    def transformers_tokenizer(self):
+        """The transformers tokenizer megatron-core loaded (special tokens, chat template)."""
+        return self._hf
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no special tokens added."""
+        return self.encode_batch([text])[0].tolist()
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if self._backend is None:
+            self._backend = self.batch_encoder()
+        return self._backend.encode_batch(texts)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._mcore.detokenize([int(i) for i in ids])
+
+    def batch_encoder(self) -> "_HuggingFaceBatch":
+        return _HuggingFaceBatch(self._json, self._split_special_tokens, self._remap)
+
+
+class NullTokenizer:
+    """Text that already is token ids ("12 7 431"): megatron-core's NullTokenizer.
+
+    `vocab_size` is the flag's N plus one and EOD is N, as in megatron-core.
+    """
+
+    tokenizer_type = NULL_TYPE
+
+    def __init__(self, vocab_size: Optional[int]) -> None:
+        if vocab_size is None:
+            raise ValueError("NullTokenizer needs the vocabulary size: pass --vocab-size N "
+                             "(ids must be below N; N itself is the end-of-document id)")
+        if int(vocab_size) < 1:
+            raise ValueError(f"--vocab-size must be >= 1, got {vocab_size}")
+        self._mcore = _load_megatron_tokenizer(None, {"library": "null"}, vocab_size=int(vocab_size))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._mcore.vocab_size)
+
+    @property
+    def eod(self) -> int:
+        return int(self._mcore.eod)
+
+    @property
+    def unique_identifiers(self):
+        return self._mcore.unique_identifiers
+
+    def encode(self, text: str) -> list[int]:
+        return parse_ids(text, self.vocab_size).tolist()
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [parse_ids(text, self.vocab_size) for text in texts]
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def batch_encoder(self) -> "_NullBatch":
+        return _NullBatch(self.vocab_size)
+
+
+Tokenizer = Any  # one of the three classes above
+
+
+def load_tokenizer(tokenizer_model: Optional[str], tokenizer_type: Optional[str] = None,
+                   vocab_size: Optional[int] = None) -> Tokenizer:
+    """A tokenizer by Megatron-LM's `--tokenizer-type` name (ValueError with the fix on a mistake).
+
+    tokenizer_type None: a directory is a HuggingFaceTokenizer, a file a SentencePieceTokenizer.
+    vocab_size is only read by NullTokenizer (which needs no tokenizer_model).
+    """
+    if tokenizer_type is None:
+        if not tokenizer_model:
+            raise ValueError("no tokenizer given: pass --tokenizer-model (a SentencePiece .model "
+                             "file or a Hugging Face tokenizer directory)")
+        tokenizer_type = (HUGGINGFACE_TYPE if os.path.isdir(tokenizer_model)
+                          else SENTENCEPIECE_TYPES[0])
+    if tokenizer_type in SENTENCEPIECE_TYPES:
+        return SentencePieceTokenizer(tokenizer_model)
+    if tokenizer_type == HUGGINGFACE_TYPE:
+        return HuggingFaceTokenizer(tokenizer_model)
+    if tokenizer_type == NULL_TYPE:
+        return NullTokenizer(vocab_size)
+    raise ValueError(f"unknown --tokenizer-type {tokenizer_type!r}; choose one of "
+                     f"{', '.join(TOKENIZER_TYPES)}")
+
+
+def parse_ids(text: str, vocab_size: int) -> np.ndarray:
+    """NullTokenizer's encoding: whitespace-separated integers in [0, vocab_size) as int32.
+
+    On text megatron-core accepts (ids separated by single spaces) the result is the same; an
+    empty text is an empty document here, an error there.
+    """
+    try:
+        ids = np.array([int(piece) for piece in text.split()], dtype=np.int64)
+    except ValueError:
+        bad = next(p for p in text.split() if not _is_int(p))
+        raise ValueError(f"NullTokenizer reads whitespace-separated integer ids, got {bad[:40]!r}"
+                         ) from None
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+        raise ValueError(f"id {bad} is outside the vocabulary [0, {vocab_size}) "
+                         f"(--vocab-size {vocab_size - 1}; raise it if the data is right)")
+    return ids.astype(np.int32)
+
+
+def _is_int(piece: str) -> bool:
+    try:
+        int(piece)
+        return True
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of a block."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _load_megatron_tokenizer(path: Optional[str], metadata: dict, **kwargs):
+    """megatron-core's MegatronTokenizer.from_pretrained, as Megatron-LM's build_tokenizer calls it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(Apex|apex|Transformer Engine).*")
+        from megatron.core.tokenizers import MegatronTokenizer
+
+    try:
+        return MegatronTokenizer.from_pretrained(tokenizer_path=path, metadata_path=dict(metadata),
+                                                 **kwargs)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path}: cannot load the tokenizer ({err})") from None
+
+
+def _token_roundtrip_remap(backend, size: int, unk_id: Optional[int]) -> Optional[np.ndarray]:
+    """Lookup table turning backend ids into megatron-core's (token -> id) ids; None if identity.
+
+    megatron-core converts text to token strings, then strings to ids; an id whose string
+    belongs to another id (duplicate strings among added tokens) comes back as that other id.
+    """
+    remap = None
+    for i in range(size):
+        token = backend.id_to_token(i)
+        j = backend.token_to_id(token) if token is not None else None
+        if j is None:
+            j = unk_id
+        if j != i and j is not None:
+            if remap is None:
+                remap = np.arange(size, dtype=np.int32)
+            remap[i] = j
+    return remap
+
+
+# --- picklable batch encoders for preprocessing workers --------------------------------------
+
+class _SentencePieceBatch:
+    def __init__(self, model_path: str) -> None:
+        self.model_path = model_path
+        self._tokenizer: Optional[SentencePieceTokenizer] = None
+
+    def __getstate__(self):
+        return {"model_path": self.model_path, "_tokenizer": None}
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if self._tokenizer is None:
+            self._tokenizer = SentencePieceTokenizer(self.model_path)
+        return self._tokenizer.encode_batch(texts)
+
+
+class _HuggingFaceBatch:
+    def __init__(self, tokenizer_json: str, split_special_tokens: bool,
+                 remap: Optional[np.ndarray]) -> None:
+        self.tokenizer_json = tokenizer_json
+        self.split_special_tokens = split_special_tokens
+        self.remap = remap
+        self._backend = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_backend"] = None
+        return state
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if self._backend is None:
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(self.tokenizer_json)
+            backend.no_truncation()  # transformers encodes without the file's truncation/padding
+            backend.no_padding()
+            backend.encode_special_tokens = self.split_special_tokens
+            self._backend = backend
+        encodings = self._backend.encode_batch_fast(texts, add_special_tokens=False)
+        ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        if self.remap is not None:
+            ids = [self.remap[a] for a in ids]
+        return ids
+
+
+class _NullBatch:
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [parse_ids(text, self.vocab_size) for text in texts]

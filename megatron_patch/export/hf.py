@@ -181,7 +181,7 @@ def export_hf(
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; remove it or pass overwrite=True")
-    if tokenizer_model is not None and not Path(tokenizer_model).is_file():
+    if tokenizer_model is not None and not Path(tokenizer_model).exists():
         raise FileNotFoundError(f"tokenizer model {tokenizer_model} does not exist")
 
     tensors = megatron_to_hf_state_dict(model, model_cfg)

@@ -37,6 +37,7 @@ import torch
 
 from megatron_patch import io
 from megatron_patch.export import hf_keys
+from megatron_patch.training import rundir
 
 TOKENIZER_DIR = "tokenizer"
 # Files of a HF tokenizer, copied with the weights.
@@ -227,12 +228,10 @@ def import_hf(hf_dir: str, dst: str, expect=None) -> str:
             cfg.data.tokenizer_model = os.path.join(final, TOKENIZER_DIR)
         else:
             cfg.data.tokenizer_type, cfg.data.vocab_size = "NullTokenizer", model_cfg.vocab_size
-        # config.yaml must read back as a complete run config; an import belongs to no run, so
-        # its data and budget are explicit stand-ins (a run that starts from it brings its own).
-        cfg.data.mock_data = True
-        cfg.train.train_iters = 1
+        # An import belongs to no run: its config.yaml has the model and tokenizer, no data or
+        # budget, so it can serve as a run's --config (the run adds --data-path and a budget).
         ckpt.save_checkpoint(tmp, cfg, [model])
-    return os.path.join(final, ckpt.RELEASE)
+    return os.path.join(final, rundir.RELEASE)
 
 
 def _check_expected(model_cfg, expect) -> None:

@@ -1,6 +1,10 @@
-"""Ship a sentencepiece tokenizer with a Hugging Face export, encoding exactly as sentencepiece does.
+"""Ship the training tokenizer with a Hugging Face export, encoding exactly as training did.
 
-`write_hf_tokenizer(spm_model, out_dir)` writes
+A Hugging Face tokenizer directory (HuggingFaceTokenizer: tokenizer.json, ...) is copied as it is:
+`write_hf_tokenizer(tokenizer_dir, out_dir)` copies tokenizer.json, tokenizer_config.json and
+special_tokens_map.json (those present), byte for byte.
+
+For a sentencepiece model, `write_hf_tokenizer(spm_model, out_dir)` writes
 - tokenizer.model: the sentencepiece model itself (the source of truth),
 - tokenizer.json: a `tokenizers` pipeline rebuilt from the model's own settings,
 - tokenizer_config.json / special_tokens_map.json: special tokens for `AutoTokenizer`,
@@ -20,10 +24,12 @@ One known difference: control pieces (<s>, </s>) typed literally in text are mat
 tokens by HF and spelled out character by character by sentencepiece; evaluation text never
 contains them. Needs `protobuf` (to read the model file) and `tokenizers`.
 """
-import json
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
+
+from megatron_patch import io
+from megatron_patch.data.tokenizer import HF_TOKENIZER_FILES
 
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 _UNIGRAM, _BPE = 1, 2
@@ -66,9 +72,51 @@ def _load_proto(spm_model):
     return proto
 
 
+def hf_tokenizer_special_ids(tokenizer_dir, vocab_size: Optional[int] = None) -> Dict[str, Optional[int]]:
+    """{bos,eos,pad}_token_id of a Hugging Face tokenizer directory (None where absent); checks its size.
+
+    Loaded the way training loads it (megatron_patch.data.load_tokenizer), so the size is the one
+    the model was built with.
+    """
+    from megatron_patch.data.tokenizer import HuggingFaceTokenizer
+
+    try:
+        tokenizer = HuggingFaceTokenizer(str(tokenizer_dir))
+    except ValueError as e:
+        raise TokenizerExportError(str(e)) from None
+    if vocab_size is not None and tokenizer.vocab_size != vocab_size:
+        raise TokenizerExportError(
+            f"tokenizer {tokenizer_dir} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{vocab_size}; pass the tokenizer the model was trained with"
+        )
+    hf = tokenizer.transformers_tokenizer
+    return {"bos_token_id": hf.bos_token_id, "eos_token_id": hf.eos_token_id, "pad_token_id": hf.pad_token_id}
+
+
+def copy_hf_tokenizer(tokenizer_dir, out_dir) -> List[str]:
+    """Copy a Hugging Face tokenizer's files unchanged into out_dir; returns the names copied."""
+    tokenizer_dir = Path(tokenizer_dir)
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise TokenizerExportError(
+            f"{tokenizer_dir}: no tokenizer.json; pass the Hugging Face tokenizer directory used for training"
+        )
+    copied = []
+    for name in HF_TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            with io.atomic_path(str(Path(out_dir) / name)) as tmp:
+                shutil.copyfile(tokenizer_dir / name, tmp)
+            copied.append(name)
+    return copied
+
+
 def sentencepiece_special_ids(spm_model, vocab_size: Optional[int] = None) -> Dict[str, Optional[int]]:
-    """{bos,eos,pad}_token_id of a sentencepiece model (None where absent); checks its size."""
+    """{bos,eos,pad}_token_id of a sentencepiece model (None where absent); checks its size.
+
+    A directory is a Hugging Face tokenizer: see hf_tokenizer_special_ids."""
     import sentencepiece as spm
+
+    if Path(spm_model).is_dir():
+        return hf_tokenizer_special_ids(spm_model, vocab_size)
 
     sp = spm.SentencePieceProcessor(model_file=str(spm_model))
     if vocab_size is not None and sp.get_piece_size() != vocab_size:
@@ -163,11 +211,16 @@ def check_equivalent(spm_model, tok, texts: Iterable[str] = PROBE_TEXTS) -> int:
 def write_hf_tokenizer(spm_model, out_dir, add_bos_token: bool = False, check_texts: Iterable[str] = ()) -> None:
     """Write tokenizer.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json.
 
+    spm_model: a sentencepiece .model, or a Hugging Face tokenizer directory, whose files are
+        copied unchanged (add_bos_token and check_texts do not apply: its own files decide).
     add_bos_token: whether the HF tokenizer prepends BOS (match how the training data was built).
     check_texts: extra texts (e.g. some of the corpus) for the equivalence check.
     """
     import sentencepiece as spm
 
+    if Path(spm_model).is_dir():
+        copy_hf_tokenizer(spm_model, out_dir)
+        return
     out_dir = Path(out_dir)
     tok = build_hf_tokenizer(spm_model)
     check_equivalent(spm_model, tok, list(PROBE_TEXTS) + list(check_texts))
@@ -185,8 +238,10 @@ def write_hf_tokenizer(spm_model, out_dir, add_bos_token: bool = False, check_te
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, sp.bos_id())]
         )
-    shutil.copyfile(spm_model, out_dir / "tokenizer.model")
-    tok.save(str(out_dir / "tokenizer.json"))
+    with io.atomic_path(str(out_dir / "tokenizer.model")) as tmp:
+        shutil.copyfile(spm_model, tmp)
+    with io.atomic_path(str(out_dir / "tokenizer.json")) as tmp:
+        tok.save(tmp)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": 1_000_000_000,
@@ -195,5 +250,5 @@ def write_hf_tokenizer(spm_model, out_dir, add_bos_token: bool = False, check_te
         "add_eos_token": False,
         **special,
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    io.write_json(str(out_dir / "tokenizer_config.json"), config)
+    io.write_json(str(out_dir / "special_tokens_map.json"), special)

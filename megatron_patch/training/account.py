@@ -1,14 +1,20 @@
 """The compute account of a run (SAVE/compute.json): FLOPs and time per stage against a
 token-only run over the same tokens, the number that says what patch-level training saved.
 
-    {"stages": [{stage, patch_size, steps, tokens, flops, wall_s, val_loss, val_ppl}, ...],
-     "total_flops", "token_only_flops", "ratio", "ideal_ratio", "final_val_loss", "final_val_ppl"}
+    {"stages": [{stage, patch_size, steps, tokens, flops, wall_s, val_loss, val_ppl, settings}, ...],
+     "total_flops", "token_only_flops", "ratio", "ideal_ratio", "final_val_loss", "final_val_ppl",
+     "recipe"}
 
-`ideal_ratio` is lambda/K + 1 - lambda. It is written last, so its presence marks a finished run.
+`settings` is the stage as planned (stages.Stage.to_dict(): K, steps, batch, data range, and
+the knobs it trained with: lr, min_lr, lr_warmup_iters, carry_optimizer, target_decay,
+mean_dtype); `recipe` the run's knobs as configured (stages.recipe). `ideal_ratio` is
+lambda/K + 1 - lambda (summed over the patch stages of a K schedule). The file is written last,
+so its presence marks a finished run.
 """
 from megatron_patch import io
 from megatron_patch.training import rundir
 from megatron_patch.training.flops import token_only_flops
+from megatron_patch.training.stages import ideal_ratio, recipe
 
 
 def compute_account(cfg, state) -> dict:
@@ -17,15 +23,15 @@ def compute_account(cfg, state) -> dict:
     total = sum(s["flops"] for s in stages)
     tp = cfg.parallel.tensor_model_parallel_size
     token_only = sum(token_only_flops(cfg.model, s["tokens"], cfg.train.seq_length, tp) for s in stages)
-    K, lam = cfg.train.patch_size, cfg.train.patch_fraction if cfg.train.patch_size > 1 else 0.0
     return {
         "stages": stages,
         "total_flops": total,
         "token_only_flops": token_only,
         "ratio": total / token_only if token_only else None,
-        "ideal_ratio": lam / K + 1 - lam,
+        "ideal_ratio": ideal_ratio(cfg),
         "final_val_loss": stages[-1].get("val_loss") if stages else None,
         "final_val_ppl": stages[-1].get("val_ppl") if stages else None,
+        "recipe": recipe(cfg),
     }
 
 

@@ -8,7 +8,8 @@
   the updated weights back to bf16. The same on CPU and GPU; only the kernels differ.
 - optimizer: `get_megatron_optimizer` (AdamW, decoupled weight decay off norms/biases,
   global-norm clipping, optionally the DistributedOptimizer).
-- schedule: `OptimizerParamScheduler`, linear warmup then cosine/linear decay over the stage.
+- schedule: `OptimizerParamScheduler`, linear warmup then cosine/linear decay over the stage,
+  between the stage's own learning rates (`Stage.lr`, `Stage.min_lr`).
 - loss normalisation: `calculate_per_token_loss` — the loss function returns (sum, count)
   and `finalize_model_grads` divides the gradients by the global count of loss tokens, so
   the step follows the exact per-token mean over all microbatches and data-parallel ranks.
@@ -28,9 +29,11 @@ from megatron_patch.compat import fix_torch_adam_distrib_optimizer
 from megatron_patch.model import PatchGPTModel, build_model
 
 
-def build_chunks(cfg, patch_size: int, dtype=torch.float32) -> List[PatchGPTModel]:
+def build_chunks(cfg, patch_size: int, dtype=torch.float32, target_decay: float = 1.0,
+                 mean_dtype: str = "fp32") -> List[PatchGPTModel]:
     """Unwrapped model chunks of this rank (one unless virtual pipeline parallel), in `dtype`,
-    on this rank's device.
+    on this rank's device. `patch_size`, `target_decay` and `mean_dtype` are the stage's
+    (`Stage.model_args()`); they change no parameter or checkpoint key.
 
     With `use_cpu_initialization` megatron-core creates the weights on the CPU (identical at
     every TP size); they move to the GPU here, before checkpoint loading and the DDP wrapper
@@ -40,7 +43,8 @@ def build_chunks(cfg, patch_size: int, dtype=torch.float32) -> List[PatchGPTMode
     stages = [None] if vp is None else list(range(vp))
     dev = device.current()
     return [
-        build_model(cfg.model, cfg.parallel, patch_size=patch_size, vp_stage=s, params_dtype=dtype).to(dev)
+        build_model(cfg.model, cfg.parallel, patch_size=patch_size, vp_stage=s, params_dtype=dtype,
+                    target_decay=target_decay, mean_dtype=mean_dtype).to(dev)
         for s in stages
     ]
 
@@ -132,12 +136,20 @@ def connect_schedule(ddp_chunks, optimizer, cfg) -> None:
 
 
 def build_scheduler(optimizer, cfg, stage) -> OptimizerParamScheduler:
+    """The stage's LR schedule: warmup to `stage.lr`, decay to `stage.min_lr` over its steps.
+
+    megatron-core's scheduler takes each parameter group's own `max_lr`/`min_lr` over its
+    arguments, and get_megatron_optimizer set those from --lr/--min-lr; the groups get the
+    stage's values here, so a patch stage with its own learning rate really uses it."""
     o = cfg.optim
+    assert stage.lr is not None and stage.min_lr is not None, f"{stage.name} is not a training stage"
+    for group in optimizer.param_groups:
+        group["max_lr"], group["min_lr"] = stage.lr, stage.min_lr
     return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
-        max_lr=o.lr,
-        min_lr=o.min_lr,
+        max_lr=stage.lr,
+        min_lr=stage.min_lr,
         lr_warmup_steps=stage.lr_warmup_iters,
         lr_decay_steps=stage.train_iters,
         lr_decay_style=o.lr_decay_style,

@@ -3,8 +3,11 @@ and the weights-only hand-over to the next stage.
 
 Resuming (`--load SAVE`): a stage whose checkpoint is complete is skipped, an unfinished one
 resumes from its latest checkpoint (step, optimizer, scheduler, RNG, data position), a stage
-not started yet begins from the previous stage's weights. Only a completed stage is handed over
-(its final checkpoint records `completed`), unless --allow-unfinished-stage says otherwise.
+not started yet begins from the previous stage's weights, or, when the stage carries the
+optimizer (`Stage.carry_optimizer`, --handover-optimizer carry), from the previous stage's
+final full checkpoint: its weights and optimizer state, with a fresh schedule, step and RNG.
+Only a completed stage is handed over (its final checkpoint records `completed`), unless
+--allow-unfinished-stage says otherwise.
 """
 import os
 import shutil
@@ -34,7 +37,7 @@ def require_completed(path: str, allow_unfinished: bool, what: str) -> None:
         return
     common = ckpt.common_state(path)
     state = TrainState.from_checkpoint(common)
-    raise ckpt.CheckpointError(
+    raise rundir.CheckpointError(
         f"{what}: {path} is step {state.step} of {common['stage']['train_iters']} of an unfinished "
         f"{state.stage} stage. Finish the stage first (relaunch it with --load), or pass "
         "--allow-unfinished-stage to hand over these weights deliberately"
@@ -68,19 +71,25 @@ class Checkpointer:
     def initial_state(self, stage: Stage, resume: Optional[str]) -> TrainState:
         """The resumed checkpoint's TrainState, or a fresh one carrying the earlier stages' accounts."""
         if resume is None:
-            return TrainState(stage.name, stage.patch_size, history=self._history(stage))
+            return TrainState(stage.name, stage.patch_size, history=self._history(stage),
+                              settings=stage.to_dict())
         common = ckpt.common_state(resume)
-        if common["stage"] != stage.to_dict():
+        saved, planned = common["stage"], stage.to_dict()
+        # Fields a checkpoint predates (recipe knobs added later) are not compared.
+        if any(saved[k] != planned.get(k) for k in saved):
             raise ValueError(
                 f"checkpoint {resume} was written by a different {stage.name} stage "
-                f"({common['stage']}) than this config plans ({stage.to_dict()}); resume with "
-                "the same budget, batch, sequence length and patch settings"
+                f"({saved}) than this config plans ({planned}); resume with the same budget, "
+                "batch, sequence length, patch settings and recipe knobs"
             )
-        return TrainState.from_checkpoint(common)
+        state = TrainState.from_checkpoint(common)
+        state.settings = planned
+        return state
 
     def find_init(self, stage: Stage) -> Optional[str]:
         """Weights a fresh stage starts from: --init-from (or a weights-only / --finetune --load)
-        for the first stage of this launch, else the previous stage's weights."""
+        for the first stage of this launch, else the previous stage's weights (its final full
+        checkpoint when the stage carries the optimizer: see load_carried)."""
         c = self.cfg.checkpoint
         first = stage is stages_to_run(self.cfg, self.plan)[0]
         if first and c.init_from:
@@ -93,6 +102,8 @@ class Checkpointer:
         if i == 0:
             return None
         prev = self.plan[i - 1]
+        if stage.carry_optimizer:
+            return self._final_checkpoint(prev, stage)
         for root in (self.run_dir, c.load):
             if root and rundir.read_tracker(rundir.weights_dir(root, prev.name)) is not None:
                 return rundir.require_checkpoint(rundir.weights_dir(root, prev.name))
@@ -106,6 +117,20 @@ class Checkpointer:
             f"{rundir.weights_dir(self.run_dir, prev.name)} nor a finished "
             f"{rundir.stage_dir(self.run_dir, prev.name)} exists: run --stage {prev.name} first, "
             "or pass --init-from a weights checkpoint"
+        )
+
+    def _final_checkpoint(self, prev: Stage, stage: Stage) -> str:
+        """The previous stage's final full checkpoint (this run's, else --load's), completed."""
+        c = self.cfg.checkpoint
+        for root in (self.run_dir, c.load):
+            path = root and rundir.latest_checkpoint(rundir.stage_dir(root, prev.name))
+            if path:
+                require_completed(path, c.allow_unfinished_stage, f"the {stage.name} stage's start")
+                return path
+        raise ValueError(
+            f"the {stage.name} stage carries the optimizer of the {prev.name} stage "
+            f"(--handover-optimizer carry), but no {rundir.stage_dir(self.run_dir, prev.name)} "
+            f"checkpoint exists: run --stage {prev.kind} first, or use --handover-optimizer reset"
         )
 
     def _history(self, stage: Stage) -> List[dict]:
@@ -125,6 +150,12 @@ class Checkpointer:
     def load_init(self, path: str, chunks) -> None:
         ckpt.load_weights(path, chunks, self.cfg.model)  # before the optimizer copies main params
         self.logger.print(f"weights from {path}")
+
+    def load_carried(self, path: str, chunks, optimizer) -> None:
+        """The previous stage's optimizer state (and weights) into a fresh stage's optimizer;
+        its schedule, step and RNG stay fresh."""
+        ckpt.load_optimizer_state(path, chunks, optimizer)
+        self.logger.print(f"optimizer state carried from {path}")
 
     def load_resume(self, path: str, chunks, optimizer, scheduler, state: TrainState) -> None:
         c = self.cfg.checkpoint

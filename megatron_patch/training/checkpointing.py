@@ -32,21 +32,12 @@ from megatron_patch.training.config import RunConfig, config_from_dict, load_yam
 FORMAT_VERSION = 1
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
-# The layout (pointer file, iter_*/release names, completeness) belongs to rundir.
-TRACKER, RELEASE, CONFIG_FILE = rundir.TRACKER, rundir.RELEASE, rundir.CONFIG_FILE
-CheckpointError = rundir.CheckpointError
-read_tracker = rundir.read_tracker
-latest_checkpoint = rundir.latest_checkpoint
-require_checkpoint = rundir.require_checkpoint
-check_complete = rundir.check_complete
-
-
 def checkpoint_config(path: str) -> RunConfig:
     """The resolved run config saved beside a checkpoint."""
     try:
-        return config_from_dict(load_yaml(os.path.join(path, rundir.CONFIG_FILE)))
+        return config_from_dict(load_yaml(os.path.join(path, rundir.CONFIG_FILE)), launch=False)
     except ValueError as err:
-        raise CheckpointError(f"checkpoint {path}: unreadable {CONFIG_FILE} ({err})") from None
+        raise rundir.CheckpointError(f"checkpoint {path}: unreadable {rundir.CONFIG_FILE} ({err})") from None
 
 
 def common_state(path: str) -> dict:
@@ -54,7 +45,7 @@ def common_state(path: str) -> dict:
     try:
         return dist_checkpointing.load_common_state_dict(path)
     except Exception as err:  # torch.load errors on a truncated/garbled common.pt
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err})") from None
+        raise rundir.CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err})") from None
 
 
 # ----------------------------------------------------------------------------- state dicts
@@ -180,16 +171,16 @@ def check_model_matches(path: str, model_cfg) -> None:
     """The saved architecture must equal `model_cfg` (fields set to None are not compared).
 
     The saved one is config.yaml's, or for a Megatron-LM checkpoint its saved `args`."""
-    args = None if os.path.isfile(os.path.join(path, CONFIG_FILE)) else megatron_lm_args(path)
+    args = None if os.path.isfile(os.path.join(path, rundir.CONFIG_FILE)) else megatron_lm_args(path)
     if args is not None:
         saved, source = megatron_lm_model_config(args, path), "Megatron-LM args"
     else:
-        saved, source = checkpoint_config(path).model, CONFIG_FILE
+        saved, source = checkpoint_config(path).model, rundir.CONFIG_FILE
     # Megatron-LM saves only the padded vocabulary; load_weights compares the table sizes.
     diff = model_differences(saved, model_cfg, skip=("vocab_size",) if args is not None else ())
     if diff:
         pretty = "; ".join(f"{k}: checkpoint {a} vs requested {b}" for k, (a, b) in diff.items())
-        raise CheckpointError(
+        raise rundir.CheckpointError(
             f"checkpoint {path} was saved for a different model ({pretty}; from its {source}); "
             "use the same model config / tokenizer as the run that saved it"
         )
@@ -198,14 +189,14 @@ def check_model_matches(path: str, model_cfg) -> None:
 def _load(sd: dict, path: str) -> dict:
     try:
         return dist_checkpointing.load(sd, path)
-    except CheckpointError:
+    except rundir.CheckpointError:
         raise
     except BaseException as err:  # torch.distributed.checkpoint's CheckpointException is a BaseException
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         reason = lines[-1] if lines else ""
-        raise CheckpointError(
+        raise rundir.CheckpointError(
             f"failed to read checkpoint {path} ({type(err).__name__}: {reason[:300]}); it is "
             "corrupted, incomplete, or does not fit this model"
         ) from err
@@ -220,8 +211,8 @@ def _set_model(chunks, loaded: dict) -> None:
 def load_weights(path: str, chunks, model_cfg) -> None:
     """Model weights only from any checkpoint (full or release, or a Megatron-LM torch_dist
     checkpoint of the same architecture) into unwrapped chunks."""
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)) or megatron_lm_args(path) is None:
-        check_complete(path)
+    if os.path.isfile(os.path.join(path, rundir.CONFIG_FILE)) or megatron_lm_args(path) is None:
+        rundir.check_complete(path)
     else:
         _check_shards(path)
     check_model_matches(path, model_cfg)
@@ -236,10 +227,10 @@ def load_full(path: str, chunks, optimizer, scheduler, load_optim: bool = True,
 
     load_optim=False keeps the fresh optimizer (--no-load-optim); load_rng=False keeps the
     seeded RNG (--no-load-rng)."""
-    check_complete(path)
+    rundir.check_complete(path)
     common = common_state(path)
     if common.get("kind") != "full":
-        raise CheckpointError(
+        raise rundir.CheckpointError(
             f"{path} is a weights-only checkpoint: start a stage from it with --init-from, "
             "it cannot be resumed"
         )
@@ -252,6 +243,31 @@ def load_full(path: str, chunks, optimizer, scheduler, load_optim: bool = True,
     scheduler.load_state_dict(common["scheduler"])
     if with_rng:
         set_rng_state(loaded["rng_state"])
+    return common
+
+
+def load_optimizer_state(path: str, chunks, optimizer) -> dict:
+    """Model and optimizer state of a full checkpoint, and nothing else: the start of a stage that
+    carries the previous stage's optimizer (--handover-optimizer carry). Returns the common state.
+
+    Every stage has the same parameters and checkpoint keys, so Adam's moments and step counts
+    (and with bf16 the fp32 main weights) load as they were saved. The parameter groups keep
+    this stage's hyperparameters (learning rates, weight decay: the checkpoint's would be the
+    previous stage's), and the scheduler, step and RNG are left as the caller made them."""
+    rundir.check_complete(path)
+    common = common_state(path)
+    if common.get("kind") != "full":
+        raise rundir.CheckpointError(
+            f"--handover-optimizer carry needs the previous stage's full checkpoint (with its optimizer "
+            f"state), but {path} holds weights only: start from the stage's checkpoint directory "
+            "(e.g. SAVE/patch) instead of its _weights copy, or use --handover-optimizer reset"
+        )
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    loaded = _load(_full_state_dict(chunks, optimizer, is_loading=True, with_rng=False), path)
+    _set_model(chunks, loaded)
+    optimizer.load_state_dict(loaded["optimizer"])
+    for group, own in zip(optimizer.param_groups, hyper):
+        group.update(own)
     return common
 
 
@@ -280,7 +296,7 @@ def megatron_lm_args(path: str):
     try:
         state = torch.load(common, map_location="cpu")
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path}: common.pt is unreadable ({type(err).__name__}: "
+        raise rundir.CheckpointError(f"checkpoint {path}: common.pt is unreadable ({type(err).__name__}: "
                               f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else ''})") from None
     args = state.get("args") if isinstance(state, dict) else None
     return args if args is not None and hasattr(args, "num_layers") else None
@@ -320,7 +336,7 @@ def megatron_lm_model_config(args, path: str = "the checkpoint"):
     if missing:
         problems.append(f"args lack {missing}")
     if problems:
-        raise CheckpointError(f"Megatron-LM checkpoint {path} has features this model does not support: "
+        raise rundir.CheckpointError(f"Megatron-LM checkpoint {path} has features this model does not support: "
                               + "; ".join(problems))
     gqa = bool(a("group_query_attention")) and a("num_query_groups") not in (None, a("num_attention_heads"))
     fields = dict(
@@ -338,14 +354,14 @@ def megatron_lm_model_config(args, path: str = "the checkpoint"):
     try:
         return ModelConfig(**fields)
     except ValueError as err:
-        raise CheckpointError(f"Megatron-LM checkpoint {path}: its args are not a valid model ({err})") from None
+        raise rundir.CheckpointError(f"Megatron-LM checkpoint {path}: its args are not a valid model ({err})") from None
 
 
 def _check_shards(path: str) -> None:
     """A Megatron-LM checkpoint (no config.yaml) must still hold a whole torch_dist save."""
     missing = [n for n in ("metadata.json", "common.pt", ".metadata") if not os.path.isfile(os.path.join(path, n))]
     if missing or not any(n.endswith(".distcp") for n in os.listdir(path)):
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: missing {missing or 'tensor shards'}")
+        raise rundir.CheckpointError(f"checkpoint {path} is incomplete or corrupted: missing {missing or 'tensor shards'}")
 
 
 def _fit_to_saved(sd: dict, path: str) -> None:
@@ -363,7 +379,7 @@ def _fit_to_saved(sd: dict, path: str) -> None:
     try:
         saved = dist_checkpointing.load_tensors_metadata(path)
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path}: unreadable tensor metadata ({type(err).__name__}: "
+        raise rundir.CheckpointError(f"checkpoint {path}: unreadable tensor metadata ({type(err).__name__}: "
                               f"{str(err)[:300]}); it is corrupted or incomplete") from None
     other = {**{f"decoder.layers.{v}": f"decoder.layers.{k}" for k, v in TE_NORM_NAMES.items()},
              **{f"decoder.layers.{k}": f"decoder.layers.{v}" for k, v in TE_NORM_NAMES.items()}}
@@ -384,5 +400,5 @@ def _fit_to_saved(sd: dict, path: str) -> None:
                         "--make-vocab-size-divisible-by as in the checkpoint's config, and use its tokenizer)")
             problems.append(f"{t.key}: checkpoint {have} vs model {want}{hint}")
     if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(problems[:6])
+        raise rundir.CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(problems[:6])
                               + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else ""))

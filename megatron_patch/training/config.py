@@ -18,7 +18,8 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from fractions import Fraction
+from typing import List, Optional, Tuple
 
 import yaml
 
@@ -26,6 +27,25 @@ from megatron_patch import flags as F
 from megatron_patch.config import PRESETS, ModelConfig, ParallelConfig, get_preset
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "Llama2Tokenizer", "HuggingFaceTokenizer", "NullTokenizer")
+HANDOVER_OPTIMIZER = ("reset", "carry")
+PATCH_MEAN_DTYPES = ("fp32", "param")
+
+
+def parse_patch_schedule(text: str) -> List[Tuple[int, float]]:
+    """"4:0.5,2:1/6" -> [(4, 0.5), (2, 0.1667)]: the patch stages' K and share of the data, in
+    order. ValueError (with the expected form) on anything else."""
+    form = "give K:fraction pairs separated by commas, e.g. 4:0.5,2:0.1667 (K=4 for half the data, then K=2)"
+    phases = []
+    for part in text.split(","):
+        k_text, sep, f_text = part.strip().partition(":")
+        if not sep:
+            raise ValueError(f"--patch-schedule {text!r}: {part.strip()!r} lacks ':'; {form}")
+        try:
+            K, fraction = int(k_text), float(Fraction(f_text.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"--patch-schedule {text!r}: cannot read {part.strip()!r}; {form}") from None
+        phases.append((K, fraction))
+    return phases
 
 
 @dataclass
@@ -49,14 +69,14 @@ class DataConfig:
     cache_dir: Optional[str] = field(default=None, metadata=F.flag("--data-cache-path"))
     """Directory of the sample-index cache (None: index-cache/ next to the first dataset)."""
 
-    def validate_fields(self) -> None:
-        if not self.data_path and not self.mock_data:
+    def validate_fields(self, launch: bool = True) -> None:
+        if launch and not self.data_path and not self.mock_data:
             raise ValueError("--data-path is required (a Megatron prefix without .bin/.idx), "
                              "or --mock-data for random tokens")
         if self.tokenizer_type == "NullTokenizer":
             if not self.vocab_size or self.vocab_size < 2:
                 raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size N (N >= 2)")
-        elif not self.tokenizer_model:
+        elif launch and not self.tokenizer_model:
             raise ValueError("--tokenizer-model is required (a SentencePiece .model or a directory "
                              "with tokenizer.json); or --tokenizer-type NullTokenizer --vocab-size N")
         parts = self.split.replace("/", ",").split(",")
@@ -80,6 +100,17 @@ class OptimConfig:
     """Learning rate at the end of the decay."""
     lr_warmup_iters: int = 2000
     """Linear warmup steps; every stage has its own warmup."""
+    patch_lr: Optional[float] = None
+    """Peak learning rate of the patch stage(s) (None: --lr, the paper's single value)."""
+    patch_min_lr: Optional[float] = None
+    """Learning rate at the end of the patch stage's decay (None: --min-lr)."""
+    token_lr_warmup_iters: Optional[int] = None
+    """Linear warmup steps of the token stage (None: --lr-warmup-iters)."""
+    handover_optimizer: str = field(default="reset", metadata=F.flag(
+        "--handover-optimizer", choices=HANDOVER_OPTIMIZER))
+    """At each hand-over between stages: reset the optimizer (the paper) or carry its state (Adam
+    moments and step counts from the previous stage's final checkpoint; the LR schedule and the
+    stage's step still start fresh)."""
     lr_decay_style: str = field(default="cosine", metadata=F.flag("--lr-decay-style", choices=("cosine", "linear", "constant")))
     """Decay after warmup (megatron-core OptimizerParamScheduler)."""
     weight_decay: float = 0.1
@@ -106,6 +137,18 @@ class OptimConfig:
             raise ValueError(f"need 0 <= --min-lr ({self.min_lr}) <= --lr ({self.lr})")
         if self.lr_warmup_iters < 0:
             raise ValueError("--lr-warmup-iters must be >= 0")
+        for name in ("patch_lr", "patch_min_lr"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} is {getattr(self, name)}: it must be a finite number")
+        patch_lr, patch_min_lr = self.stage_lrs(patch=True)
+        if not 0 < patch_lr <= 1.0:
+            raise ValueError(f"--patch-lr {patch_lr} is not a usable learning rate: give a value in (0, 1], "
+                             "e.g. 1e-3, or leave it out to use --lr")
+        if not 0 <= patch_min_lr <= patch_lr:
+            raise ValueError(f"need 0 <= patch-stage min lr ({patch_min_lr}) <= patch-stage lr ({patch_lr}); "
+                             "set --patch-min-lr (it defaults to --min-lr)")
+        if self.token_lr_warmup_iters is not None and self.token_lr_warmup_iters < 0:
+            raise ValueError("--token-lr-warmup-iters must be >= 0 (or left out to use --lr-warmup-iters)")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise ValueError(f"Adam betas must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
         if not 0 < self.adam_eps < 1:
@@ -115,6 +158,13 @@ class OptimConfig:
                              f"got {self.weight_decay}")
         if self.clip_grad < 0:
             raise ValueError("--clip-grad must be >= 0 (0 disables clipping)")
+
+    def stage_lrs(self, patch: bool) -> tuple:
+        """(peak, final) learning rate of a patch stage (patch=True) or of the token stage."""
+        if not patch:
+            return self.lr, self.min_lr
+        return (self.lr if self.patch_lr is None else self.patch_lr,
+                self.min_lr if self.patch_min_lr is None else self.patch_min_lr)
 
 
 @dataclass
@@ -140,12 +190,24 @@ class TrainConfig:
     """K: tokens per patch in the patch stage (1 = token-level training only)."""
     patch_fraction: float = 0.0
     """lambda: fraction of the data (and of N) consumed at patch level; the paper uses 2/3."""
+    patch_schedule: Optional[str] = None
+    """Several patch stages: K:fraction pairs of the data, in order, before the token stage, e.g.
+    4:0.5,2:0.1667 (K=4 for half the data, then K=2 for a sixth, then K=1). K strictly decreasing,
+    fractions summing to lambda <= 1. Overrides --patch-size/--patch-fraction (one pair)."""
+    patch_target_decay: float = 1.0
+    """Weight of the K targets of a patch: target k (k = 0 right after the patch boundary) weighs
+    R**k, normalised to average 1. 1 = uniform (the paper); R < 1 stresses the nearest tokens."""
+    patch_mean_dtype: str = field(default="fp32", metadata=F.flag("--patch-mean-dtype", choices=PATCH_MEAN_DTYPES))
+    """The K-token mean of a patch's input: fp32 (summed in fp32 and rounded once to the compute
+    dtype: under bf16 the exact mean as a bf16 activation) or param (a running sum in the
+    parameter dtype, rounded after every addition, then divided by K)."""
     patch_batch_policy: str = field(default="same_tokens", metadata=F.flag(
         "--patch-batch-policy", choices=("same_tokens", "same_sequences")))
     """Patch-stage batch: same_tokens per step as the token stage (K times fewer sequences; the
     paper's recipe) or same_sequences (global_batch_size sequences, K times fewer steps)."""
     stage: str = field(default="all", metadata=F.flag("--stage", choices=("all", "patch", "token")))
-    """Which stages this launch runs: all (patch, hand-over, token), patch or token."""
+    """Which stages this launch runs: all (patch, hand-over, token), patch (every patch stage of
+    the recipe) or token."""
     seed: int = 1234
     """Seeds weights, data order and RNG."""
     bf16: Optional[bool] = field(default=None, metadata=F.flags(F.flag("--bf16", const=True), F.flag("--fp32", const=False)))
@@ -166,11 +228,11 @@ class TrainConfig:
     exit_interval: Optional[int] = None
     """Save and exit (status 3) when the stage's step is a multiple of this."""
 
-    def validate_fields(self) -> None:
+    def validate_fields(self, launch: bool = True) -> None:
         budgets = [b for b in (self.train_iters, self.train_samples, self.train_tokens) if b is not None]
-        if len(budgets) != 1:
+        if len(budgets) > 1 or (launch and not budgets):
             raise ValueError("give exactly one budget: --train-iters N, --train-samples N or --train-tokens N")
-        if budgets[0] < 1:
+        if budgets and budgets[0] < 1:
             raise ValueError("the training budget (--train-iters / --train-samples / --train-tokens) must be positive")
         for name in ("micro_batch_size", "global_batch_size", "seq_length"):
             if getattr(self, name) < 1:
@@ -191,16 +253,39 @@ class TrainConfig:
             )
         if self.patch_size < 1:
             raise ValueError(f"--patch-size must be an integer >= 1, got {self.patch_size!r}")
-        if self.patch_seq_length is not None and self.patch_seq_length % self.patch_size:
-            fix = self.patch_seq_length - self.patch_seq_length % self.patch_size or self.patch_size
-            raise ValueError(
-                f"--patch-seq-length {self.patch_seq_length} is not a multiple of --patch-size "
-                f"{self.patch_size}: a patch-stage sample must be whole patches; use e.g. {fix}"
-            )
         if not 0.0 <= self.patch_fraction <= 1.0:
             raise ValueError(f"--patch-fraction must be in [0, 1] (the paper uses 2/3), got {self.patch_fraction}")
-        if self.stage == "patch" and (self.patch_size == 1 or self.patch_fraction == 0):
-            raise ValueError("--stage patch needs --patch-size > 1 and --patch-fraction > 0")
+        phases = self.patch_phases()
+        if self.patch_schedule is not None:
+            Ks = [K for K, _ in phases]
+            if any(K < 2 for K in Ks) or any(a <= b for a, b in zip(Ks, Ks[1:])):
+                raise ValueError(f"--patch-schedule {self.patch_schedule!r}: K must be >= 2 and strictly "
+                                 "decreasing (coarse to fine, then the token stage), e.g. 4:0.5,2:0.1667")
+            total = sum(f for _, f in phases)
+            if any(f <= 0 for _, f in phases) or total > 1.0 + 1e-9:
+                raise ValueError(f"--patch-schedule {self.patch_schedule!r}: every fraction must be > 0 and "
+                                 f"their sum (lambda) <= 1, got {total:.4g}")
+        for K in [K for K, _ in phases] if self.patch_schedule else [self.patch_size]:
+            if self.patch_seq_length is not None and self.patch_seq_length % K:
+                fix = self.patch_seq_length - self.patch_seq_length % K or K
+                flag = "a K of --patch-schedule" if self.patch_schedule else "--patch-size"
+                raise ValueError(
+                    f"--patch-seq-length {self.patch_seq_length} is not a multiple of {flag} "
+                    f"{K}: a patch-stage sample must be whole patches; use e.g. {fix}"
+                )
+        if self.stage == "patch" and not phases:
+            raise ValueError("--stage patch needs --patch-size > 1 and --patch-fraction > 0 (or --patch-schedule)")
+        if not (math.isfinite(self.patch_target_decay) and self.patch_target_decay > 0):
+            raise ValueError(f"--patch-target-decay must be a positive number (1: uniform, the paper; "
+                             f"0.5: each later target weighs half), got {self.patch_target_decay}")
+
+    def patch_phases(self) -> List[Tuple[int, float]]:
+        """The patch stages' (K, fraction of the data), in order; [] for token-level training only."""
+        if self.patch_schedule is not None:
+            return parse_patch_schedule(self.patch_schedule)
+        if self.patch_size > 1 and self.patch_fraction > 0:
+            return [(self.patch_size, self.patch_fraction)]
+        return []
 
 
 @dataclass
@@ -310,8 +395,11 @@ def model_from_dict(updates: dict) -> tuple:
     return ModelConfig(**coerced), None
 
 
-def config_from_dict(d: dict) -> RunConfig:
-    """A validated RunConfig from nested dicts (a YAML file's content or `to_dict` output)."""
+def config_from_dict(d: dict, launch: bool = True) -> RunConfig:
+    """A validated RunConfig from nested dicts (a YAML file's content or `to_dict` output).
+
+    launch=False reads a config that describes weights rather than a launch (the config.yaml of
+    an imported model): data, tokenizer and budget may be absent."""
     d = dict(d or {})
     unknown = set(d) - set(ALL_SECTIONS)
     if unknown:
@@ -326,7 +414,9 @@ def config_from_dict(d: dict) -> RunConfig:
         F.set_fields(obj, d.get(name) or {}, name)
         if hasattr(obj, "__post_init__"):
             obj.__post_init__()  # field checks of dataclasses that check at construction
-        if hasattr(obj, "validate_fields"):
+        if name in ("data", "train"):
+            obj.validate_fields(launch)
+        elif hasattr(obj, "validate_fields"):
             obj.validate_fields()
         setattr(cfg, name, obj)
     if cfg.parallel.overlap_param_gather and not cfg.optim.use_distributed_optimizer:

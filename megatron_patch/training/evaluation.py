@@ -16,6 +16,7 @@ from megatron_patch.config import validate_for
 from megatron_patch.data.paths import check_data_paths
 from megatron_patch.training import checkpointing as ckpt
 from megatron_patch.training.builders import build_chunks
+from megatron_patch.training import rundir
 from megatron_patch.training.rundir import resolve_checkpoint
 from megatron_patch.training.data import StepBatches, build_datasets
 from megatron_patch.training.stages import Stage
@@ -77,7 +78,7 @@ def evaluate_checkpoint(load: str, data_path, tokenizer_model: str, parallel, pa
     check_data_paths(data_path)
     vocab = load_tokenizer(tokenizer_model, tokenizer_type=tokenizer_type, vocab_size=vocab_size).vocab_size
     if vocab != cfg.model.vocab_size:
-        raise ckpt.CheckpointError(
+        raise rundir.CheckpointError(
             f"tokenizer {tokenizer_model} has {vocab} tokens but checkpoint {path} was trained with "
             f"vocab_size {cfg.model.vocab_size}; pass the run's tokenizer"
         )

@@ -3,6 +3,8 @@
     SAVE/                              a run of tools/pretrain.py (--save)
       patch/  token/                   one checkpoint directory per stage (named after the stage)
       patch_weights/                   the patch stage's final weights, the token stage's start
+      patch_k4/ patch_k2/ ...          with --patch-schedule: one directory per patch stage
+      patch_k4_weights/ ...            (and its weights), named after its K
       metrics.jsonl  compute.json      metrics records; the compute account (written last)
       tensorboard/  run.json  .lock    TensorBoard events; what the run is; the live-run lock
 
@@ -14,6 +16,7 @@
 Nothing here imports torch: analysis code and the CLIs read runs through these functions too.
 """
 import os
+import re
 from typing import List, Optional
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -25,6 +28,9 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 TENSORBOARD_DIR = "tensorboard"
 STAGE_NAMES = ("patch", "token")
+"""The stages of the one-patch-stage recipe, in order; a K schedule names its patch stages
+`patch_k<K>` (see patch_stage_name)."""
+_SCHEDULED = re.compile(r"patch_k(\d+)")
 
 
 class CheckpointError(ValueError):
@@ -32,6 +38,37 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- run directory
+
+
+def patch_stage_name(patch_size: int, scheduled: bool) -> str:
+    """"patch" for the one patch stage of the paper's recipe; "patch_k4" for the K=4 stage of a
+    K schedule (--patch-schedule), whose K are distinct."""
+    return f"patch_k{patch_size}" if scheduled else "patch"
+
+
+def is_stage_name(name: str) -> bool:
+    """Whether `name` is a stage's checkpoint directory name (not a `_weights` directory)."""
+    return name in STAGE_NAMES or _SCHEDULED.fullmatch(name) is not None
+
+
+def stage_kind(name: str) -> str:
+    """"patch" for every patch stage ("patch", "patch_k4", ...), else the name ("token")."""
+    return "patch" if name == "patch" or _SCHEDULED.fullmatch(name) else name
+
+
+def _training_order(name: str) -> tuple:
+    # The one patch stage, then a schedule's stages by decreasing K (the order it trains them:
+    # the config requires decreasing K), then the token stage.
+    m = _SCHEDULED.fullmatch(name)
+    return (0, 0) if name == "patch" else (1, -int(m.group(1))) if m else (2, 0)
+
+
+def stage_names(run_dir: str) -> List[str]:
+    """The stages that have a checkpoint directory in `run_dir`, in training order."""
+    if not os.path.isdir(run_dir):
+        return []
+    names = [d for d in os.listdir(run_dir) if is_stage_name(d) and is_checkpoint_dir(os.path.join(run_dir, d))]
+    return sorted(names, key=_training_order)
 
 
 def stage_dir(run_dir: str, stage: str) -> str:
@@ -159,9 +196,9 @@ def resolve_checkpoint(path: str) -> str:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if is_checkpoint_dir(path):
         return require_checkpoint(path)
-    for stage in reversed(STAGE_NAMES):  # a run directory: the last stage that saved
-        if is_checkpoint_dir(stage_dir(path, stage)):
-            return require_checkpoint(stage_dir(path, stage))
+    saved = stage_names(path)  # a run directory: the last stage that saved
+    if saved:
+        return require_checkpoint(stage_dir(path, saved[-1]))
     if os.path.isfile(os.path.join(path, "metadata.json")) or os.path.isfile(os.path.join(path, CONFIG_FILE)):
         check_complete(path)
         return path

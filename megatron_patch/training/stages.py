@@ -1,19 +1,28 @@
 """The paper's recipe as data: a run is a list of `Stage`s, and K = 1 is the token stage.
 
-Budget (DESIGN.md): N steps of B = global_batch_size * seq_length tokens. The patch stage
+Budget (docs/design.md): N steps of B = global_batch_size * seq_length tokens. The patch stage
 consumes the first lambda of the data, lambda*N*B tokens, at K tokens per position; the token
 stage consumes the rest, (1 - lambda)*N steps. A patch-stage sample has patch_seq_length tokens,
 by default K*seq_length: the same T transformer positions as a token-stage sample (the paper:
 2048 patches = 8192 tokens). With the default `same_tokens` policy the patch stage also has B
 tokens per step (B / patch_seq_length sequences: K times fewer), so it runs lambda*N steps; with
 `same_sequences` it has global_batch_size sequences per step and correspondingly fewer steps.
-Each stage has its own optimizer, LR schedule (warmup + decay over its own steps) and data range.
+Each stage has its own LR schedule (warmup + decay over its own steps) and data range.
+
+Recipe knobs (the paper's values are the defaults) are fields of the Stage, so the loop reads
+them like any other stage data: the peak and final learning rate (--patch-lr/--patch-min-lr for
+patch stages), the warmup (--token-lr-warmup-iters for the token stage), whether the stage
+starts from the previous stage's optimizer state (--handover-optimizer carry) or a fresh one,
+the weights of a patch's K targets (--patch-target-decay) and the dtype of the patch mean
+(--patch-mean-dtype). A K schedule (--patch-schedule 4:0.5,2:0.1667) is several patch stages,
+"patch_k4", "patch_k2", each over its share of the data and handed over to the next in turn.
 """
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from megatron_patch.config import validate_for
+from megatron_patch.training import rundir
 
 
 @dataclass(frozen=True)
@@ -21,7 +30,8 @@ class Stage:
     """One training stage; the loop knows nothing else about patches."""
 
     name: str
-    """"patch" or "token"; also the checkpoint sub-directory and the metrics `stage` field."""
+    """"patch" (or "patch_k4", ... with a K schedule) or "token"; also the checkpoint
+    sub-directory and the metrics `stage` field."""
     patch_size: int
     """K for this stage (1 = token-level)."""
     train_iters: int
@@ -36,6 +46,17 @@ class Stage:
     """Fraction of every dataset's train token stream this stage reads."""
     lr_warmup_iters: int
     """Linear warmup steps of this stage."""
+    lr: Optional[float] = None
+    """Peak learning rate of this stage (None: not trained, e.g. validation batches)."""
+    min_lr: Optional[float] = None
+    """Learning rate at the end of this stage's decay."""
+    carry_optimizer: bool = False
+    """Start from the previous stage's final optimizer state (Adam moments and step counts)
+    instead of a fresh optimizer; the LR schedule and the step still start at 0."""
+    target_decay: float = 1.0
+    """Target k of a patch weighs target_decay**k, normalised to average 1 (1: uniform)."""
+    mean_dtype: str = "fp32"
+    """Accumulation dtype of the K-token patch mean: "fp32" or "param"."""
 
     @property
     def positions(self) -> int:
@@ -45,6 +66,15 @@ class Stage:
     @property
     def tokens_per_step(self) -> int:
         return self.global_batch_size * self.seq_length
+
+    @property
+    def kind(self) -> str:
+        """"patch" for every patch stage (K > 1), "token" for K = 1: what `--stage` selects."""
+        return "patch" if self.patch_size > 1 else "token"
+
+    def model_args(self) -> dict:
+        """The model's share of the stage (builders.build_chunks / model.build_model keywords)."""
+        return {"patch_size": self.patch_size, "target_decay": self.target_decay, "mean_dtype": self.mean_dtype}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,13 +96,15 @@ def total_steps(cfg) -> int:
 
 def plan_stages(cfg, data_parallel_size: int = 1) -> List[Stage]:
     """All stages of the recipe in order (the `--stage` filter is applied by the caller)."""
-    t = cfg.train
+    t, o = cfg.train, cfg.optim
     n = total_steps(cfg)
-    lam = t.patch_fraction if t.patch_size > 1 else 0.0
+    phases = t.patch_phases()  # [(K, fraction)]: one pair, a K schedule, or none
     token_seq = t.seq_length
+    carry = o.handover_optimizer == "carry"
+    patch_lr, patch_min_lr = o.stage_lrs(patch=True)
     stages = []
-    if lam > 0:
-        K = t.patch_size
+    start = 0.0
+    for K, fraction in phases:
         seq = t.patch_seq_length or t.seq_length * K  # default: the token stage's T positions
         if t.patch_batch_policy == "same_tokens":
             if (t.global_batch_size * token_seq) % seq:
@@ -85,17 +117,39 @@ def plan_stages(cfg, data_parallel_size: int = 1) -> List[Stage]:
             gbs = t.global_batch_size * token_seq // seq
         else:
             gbs = t.global_batch_size
-        data_tokens = lam * n * t.global_batch_size * token_seq
+        data_tokens = fraction * n * t.global_batch_size * token_seq
         steps = max(1, round(data_tokens / (gbs * seq)))
-        stages.append(Stage("patch", K, steps, gbs, t.micro_batch_size, seq, (0.0, lam),
-                            cfg.optim.lr_warmup_iters))
+        name = rundir.patch_stage_name(K, scheduled=len(phases) > 1)
+        stages.append(Stage(name, K, steps, gbs, t.micro_batch_size, seq, (start, min(start + fraction, 1.0)),
+                            o.lr_warmup_iters, patch_lr, patch_min_lr, carry and bool(stages),
+                            t.patch_target_decay, t.patch_mean_dtype))
+        start += fraction
+    lam = min(start, 1.0)
     token_steps = n - round(lam * n)
     if token_steps > 0:
+        warmup = o.lr_warmup_iters if o.token_lr_warmup_iters is None else o.token_lr_warmup_iters
         stages.append(Stage("token", 1, token_steps, t.global_batch_size, t.micro_batch_size,
-                            token_seq, (lam, 1.0), cfg.optim.lr_warmup_iters))
+                            token_seq, (lam, 1.0), warmup, o.lr, o.min_lr, carry and bool(stages)))
     for s in stages:
         check_stage(cfg, s, data_parallel_size)
     return stages
+
+
+def ideal_ratio(cfg) -> float:
+    """Compute of the recipe over token-only training on the same data: sum(lambda_i / K_i) +
+    (1 - lambda), lambda = sum(lambda_i) (the paper's lambda/K + 1 - lambda for one stage)."""
+    phases = cfg.train.patch_phases()
+    lam = min(sum(f for _, f in phases), 1.0)
+    return sum(f / K for K, f in phases) + 1 - lam
+
+
+def recipe(cfg) -> dict:
+    """The recipe knobs of a run as configured (None: the value it defaults to), for compute.json."""
+    t, o = cfg.train, cfg.optim
+    return {"patch_schedule": [[K, f] for K, f in t.patch_phases()], "patch_lr": o.patch_lr,
+            "patch_min_lr": o.patch_min_lr, "token_lr_warmup_iters": o.token_lr_warmup_iters,
+            "handover_optimizer": o.handover_optimizer, "patch_target_decay": t.patch_target_decay,
+            "patch_mean_dtype": t.patch_mean_dtype}
 
 
 def eval_stage(cfg) -> Stage:
@@ -115,8 +169,10 @@ def check_stage(cfg, stage: Stage, dp: int) -> None:
             "change --global-batch-size or --micro-batch-size"
         )
     if stage.lr_warmup_iters >= stage.train_iters:
+        flag = "--token-lr-warmup-iters" if stage.kind == "token" and cfg.optim.token_lr_warmup_iters is not None \
+            else "--lr-warmup-iters"
         raise ValueError(
-            f"--lr-warmup-iters {stage.lr_warmup_iters} must be smaller than the {stage.name} "
+            f"{flag} {stage.lr_warmup_iters} must be smaller than the {stage.name} "
             f"stage's {stage.train_iters} steps; lower it or raise the budget"
         )
 
@@ -124,7 +180,7 @@ def check_stage(cfg, stage: Stage, dp: int) -> None:
 def stages_to_run(cfg, stages: List[Stage]) -> List[Stage]:
     if cfg.train.stage == "all":
         return stages
-    chosen = [s for s in stages if s.name == cfg.train.stage]
+    chosen = [s for s in stages if s.kind == cfg.train.stage]  # --stage patch: every patch stage
     if not chosen:
         raise ValueError(
             f"--stage {cfg.train.stage}: the recipe has no such stage "

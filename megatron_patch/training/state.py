@@ -34,7 +34,10 @@ class TrainState:
     """Steps whose update was withheld because the loss or gradient norm was not finite."""
     history: List[dict] = field(default_factory=list)
     """Accounts of the stages completed before this one: {stage, patch_size, steps, tokens,
-    flops, wall_s, val_loss, val_ppl}."""
+    flops, wall_s, val_loss, val_ppl, settings}."""
+    settings: dict = field(default_factory=dict)
+    """The stage being trained as planned (`Stage.to_dict()`: K, steps, batch, data range and
+    the recipe knobs: learning rates, warmup, optimizer carry, target weights, mean dtype)."""
 
     def advance(self, stage, flops: float, seconds: float) -> None:
         """Count one optimizer step of `stage` (applied or skipped: its data is consumed either way)."""
@@ -48,7 +51,7 @@ class TrainState:
         """This stage's account for compute.json."""
         return {"stage": self.stage, "patch_size": self.patch_size, "steps": self.step,
                 "tokens": self.tokens, "flops": self.flops, "wall_s": self.wall_s,
-                "val_loss": self.val_loss, "val_ppl": self.val_ppl}
+                "val_loss": self.val_loss, "val_ppl": self.val_ppl, "settings": dict(self.settings)}
 
     def cumulative(self) -> dict:
         """Run-wide totals (all stages so far) for metrics.jsonl."""

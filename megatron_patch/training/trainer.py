@@ -3,8 +3,9 @@
     from megatron_patch.training import parse_config, resolve, Trainer
     Trainer(resolve(parse_config(argv))).train()
 
-A stage is data (`stages.Stage`: K, steps, batch, data range, warmup); the loop is the same for
-every stage and knows nothing else about patches. Collaborators, one concern each:
+A stage is data (`stages.Stage`: K, steps, batch, data range, learning rates, warmup, whether
+it carries the previous stage's optimizer, the patch loss and mean settings); the loop is the
+same for every stage and knows nothing else about patches. Collaborators, one concern each:
     builders.py      model chunks, DDP, optimizer, LR schedule (megatron-core)
     data.py          the stage's datasets and the resumable micro-batch order
     step.py          one step through megatron-core's pipeline schedules, withholding
@@ -61,7 +62,8 @@ class Trainer:
             self._claim(lock)
             self.logger.print("plan: " + "; ".join(s.describe() for s in self.plan))
             state = None
-            for stage in stages_to_run(self.cfg, self.plan):
+            to_run = stages_to_run(self.cfg, self.plan)
+            for stage in to_run:
                 state, trained = self.train_stage(stage)
                 device.empty_cache()
                 if stage is not self.plan[-1]:
@@ -69,7 +71,7 @@ class Trainer:
                     if reason:
                         raise ExitRequested(f"after the {stage.name} stage: {reason}",
                                             self.checkpointer.last_checkpoint(stage))
-                    if self.cfg.train.stage == "all":
+                    if self.plan[self.plan.index(stage) + 1] in to_run:  # the next stage runs now
                         self.checkpointer.hand_over(stage, redo=trained)
             account = compute_account(self.cfg, state)
             if self.logger.active:
@@ -106,17 +108,18 @@ class Trainer:
             self.logger.print(f"{stage.name} stage: complete in {resume}, skipping")
             return state, False
 
-        chunks = builders.build_chunks(cfg, stage.patch_size, self.dtype)
-        if resume is None:
-            init = ckpt.find_init(stage)
-            if init:
-                ckpt.load_init(init, chunks)
+        chunks = builders.build_chunks(cfg, dtype=self.dtype, **stage.model_args())
+        init = ckpt.find_init(stage) if resume is None else None
+        if init:
+            ckpt.load_init(init, chunks)
         model = builders.wrap_ddp(chunks, cfg, self.dtype)
         optimizer = builders.build_optimizer(model, cfg, self.dtype)
         builders.connect_schedule(model, optimizer, cfg)
         scheduler = builders.build_scheduler(optimizer, cfg, stage)
         if resume is not None:
             ckpt.load_resume(resume, chunks, optimizer, scheduler, state)
+        elif init and stage.carry_optimizer:
+            ckpt.load_carried(init, chunks, optimizer)
         later = [s.name for s in self.plan[self.plan.index(stage) + 1:]]
         self.logger.rewind(stage.name, state.step, later)
 

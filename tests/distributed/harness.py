@@ -13,6 +13,7 @@ import torch
 from megatron_patch import device, distributed
 from megatron_patch.training import builders
 from megatron_patch.training import checkpointing as ckpt
+from megatron_patch.training import rundir
 from megatron_patch.training.config import parse_config
 from megatron_patch.training.data import StageData
 from megatron_patch.training.preflight import resolve
@@ -41,7 +42,7 @@ class StageHarness:
         ckpt.save_checkpoint(path, self.cfg, self.chunks)
 
     def load_weights(self, path: str) -> None:
-        ckpt.load_weights(ckpt.require_checkpoint(path), self.chunks, self.cfg.model)
+        ckpt.load_weights(rundir.require_checkpoint(path), self.chunks, self.cfg.model)
 
     def _ready(self) -> None:
         if self.model is None:

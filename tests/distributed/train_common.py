@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_patch.flags import to_argv
 from tests._data_helpers import synthetic_documents, tiny_tokenizer
 
 from tests import ROOT
@@ -45,12 +46,7 @@ def tiny_flags(prefix: str, tok: str, save: str, **over) -> list:
         "--eval-iters": 2, "--log-interval": 1, "--seed": 7,
     }
     flags.update(over)
-    out = []
-    for k, v in flags.items():
-        if v is None:
-            continue
-        out += [k] if v is True else [k, str(v)]
-    return out
+    return to_argv(flags)
 
 
 def run_cmd(cmd: list, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -182,7 +182,8 @@ BAD = {
     "no tokenizer": ([], "no tokenizer given"),
     "no EOS for --append-eod": (["--tokenizer-model", "{bare}", "--append-eod"], "no end-of-document"),
     "id outside the vocabulary": (["--tokenizer-type", "NullTokenizer", "--vocab-size", "10"],
-                                  "in.jsonl:2: cannot encode this text: id 12 is outside the vocabulary [0, 11)"),
+                                  "in.jsonl:2: cannot encode this text: id 12 is outside the "
+                                  "vocabulary [0, 11)"),
     "not an id": (["--tokenizer-type", "NullTokenizer", "--vocab-size", "100"],
                   "in.jsonl:3: cannot encode this text: NullTokenizer reads whitespace-separated "
                   "integer ids, got 'x'"),

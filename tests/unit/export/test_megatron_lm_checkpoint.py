@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from megatron_patch.config import ModelConfig, ParallelConfig
 from megatron_patch.model import build_model
 from megatron_patch.training import checkpointing as ckpt
+from megatron_patch.training import rundir
 from tests._inproc import world_of_one
 
 L, H, FFN, HEADS, ROWS, SEQ = 2, 64, 176, 4, 512, 16
@@ -122,15 +123,15 @@ def test_mismatch_and_unsupported_are_clear(tmp_path):
         save_megatron_lm(source_model(2, False), str(tmp_path / "a"), mlm_args(2, False))
         path = str(tmp_path / "a" / "iter_0000010")
         model = build_model(ours(2, False), ParallelConfig())
-        with pytest.raises(ckpt.CheckpointError, match=r"hidden_size: checkpoint 64 vs requested 128.*Megatron-LM args"):
+        with pytest.raises(rundir.CheckpointError, match=r"hidden_size: checkpoint 64 vs requested 128.*Megatron-LM args"):
             ckpt.load_weights(path, [model], dataclasses.replace(ours(2, False), hidden_size=128))
-        with pytest.raises(ckpt.CheckpointError, match="rotary_base: checkpoint 500000 vs requested 10000"):
+        with pytest.raises(rundir.CheckpointError, match="rotary_base: checkpoint 500000 vs requested 10000"):
             ckpt.load_weights(path, [model], dataclasses.replace(ours(2, False), rotary_base=10000.0))
         big = build_model(ours(2, False, vocab=1000), ParallelConfig())
-        with pytest.raises(ckpt.CheckpointError, match=r"embedding.word_embeddings.weight: checkpoint \(512, 64\) vs model \(1024, 64\)"):
+        with pytest.raises(rundir.CheckpointError, match=r"embedding.word_embeddings.weight: checkpoint \(512, 64\) vs model \(1024, 64\)"):
             ckpt.load_weights(path, [big], ours(2, False, vocab=1000))
         save_megatron_lm(source_model(2, False), str(tmp_path / "b"),
                          mlm_args(2, False, swiglu=False, add_bias_linear=True, use_rope_scaling=True))
-        with pytest.raises(ckpt.CheckpointError, match="SwiGLU.*biases.*RoPE scaling"):
+        with pytest.raises(rundir.CheckpointError, match="SwiGLU.*biases.*RoPE scaling"):
             ckpt.load_weights(str(tmp_path / "b" / "iter_0000010"), [model], ours(2, False))
 

@@ -92,6 +92,19 @@ def test_flags_override_yaml_and_defaults(tmp_path):
     ("", ["--train-iters", "10", "--eval-iters", "-1"], "--eval-iters"),
     ("", ["--train-iters", "10", "--normalization", "LayerNorm"], "not supported"),
     ("", ["--train-iters", "10", "--position-embedding-type", "learned_absolute"], "not supported"),
+    ("", ["--train-iters", "10", "--patch-lr", "0"], "--patch-lr 0.0 is not a usable"),
+    ("", ["--train-iters", "10", "--patch-lr", "1e-5"], "--patch-min-lr"),
+    ("", ["--train-iters", "10", "--patch-min-lr", "nan"], "finite"),
+    ("", ["--train-iters", "10", "--token-lr-warmup-iters", "-1"], "--token-lr-warmup-iters"),
+    ("", ["--train-iters", "10", "--handover-optimizer", "keep"], "reset, carry"),
+    ("", ["--train-iters", "10", "--patch-schedule", "4-0.5"], "lacks ':'"),
+    ("", ["--train-iters", "10", "--patch-schedule", "4:x"], "K:fraction pairs"),
+    ("", ["--train-iters", "10", "--patch-schedule", "2:0.3,4:0.3"], "strictly decreasing"),
+    ("", ["--train-iters", "10", "--patch-schedule", "4:0.3,1:0.3"], "K must be >= 2"),
+    ("", ["--train-iters", "10", "--patch-schedule", "4:0.7,2:0.4"], "sum"),
+    ("", ["--train-iters", "10", "--patch-schedule", "4:0.5,3:0.1", "--patch-seq-length", "32"], "use e.g. 30"),
+    ("", ["--train-iters", "10", "--patch-target-decay", "0"], "--patch-target-decay"),
+    ("", ["--train-iters", "10", "--patch-mean-dtype", "bf16"], "fp32, param"),
 ])
 def test_config_errors_say_the_fix(tmp_path, yaml_text, flags, message):
     path = tmp_path / "c.yaml"
