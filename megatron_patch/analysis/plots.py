@@ -1,4 +1,5 @@
-"""Study plots: validation loss against training FLOPs, and final loss against K and lambda."""
+"""Study plots: validation loss against training FLOPs, final loss against K and lambda, and
+final loss of each recipe-knob setting against the centre's."""
 import os
 from collections import defaultdict
 from typing import List
@@ -13,6 +14,7 @@ from megatron_patch.io import save_figure  # noqa: E402
 
 FLOPS_PLOT = "val_loss_vs_flops.png"
 K_LAMBDA_PLOT = "val_loss_vs_K_lambda.png"
+KNOBS_PLOT = "val_loss_by_knob.png"
 
 
 def plot_loss_vs_flops(rows: List[dict], runs_dir: str, path: str) -> bool:
@@ -53,8 +55,9 @@ def plot_loss_vs_flops(rows: List[dict], runs_dir: str, path: str) -> bool:
 
 def plot_loss_vs_k_lambda(rows: List[dict], path: str) -> bool:
     """Left: final loss vs K (a line per lambda, policy); right: vs lambda (a line per K, policy)."""
+    # Runs that change a recipe knob or the seed sit at the centre's K and lambda: plot_knobs.
     patch = [r for r in rows if r["status"] == "finished" and r["kind"] == "patch"
-             and r.get("final_val_loss") is not None]
+             and r.get("final_val_loss") is not None and r.get("varies") is None]
     controls = [r for r in rows if r["status"] == "finished" and r["kind"] == "token"
                 and r.get("final_val_loss") is not None]
     if not patch:
@@ -85,6 +88,41 @@ def plot_loss_vs_k_lambda(rows: List[dict], path: str) -> bool:
         ax.legend(fontsize=7)
     axes[0].set_ylabel("final token-level validation loss")
     fig.suptitle("Final validation loss by K and lambda (dashed: token-only controls)")
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_knobs(rows: List[dict], path: str) -> bool:
+    """One bar per finished patch run at the centre's K and lambda (the centre, each knob
+    setting, the repeats with other seeds), with the controls as vertical lines; False when
+    the grid varies no knob or seed."""
+    if not any(r.get("varies") for r in rows):
+        return False
+    done = [r for r in rows if r["status"] == "finished" and r.get("final_val_loss") is not None]
+    centre = next((r for r in done if r["kind"] == "patch"), None)
+    bars = [r for r in done if r["kind"] == "patch" and (r is centre or r.get("varies"))]
+    if not bars:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(bars) + 1.5))
+    colors = {None: "tab:blue", "seed": "tab:gray"}
+    ax.barh(range(len(bars)), [r["final_val_loss"] for r in bars],
+            color=[colors.get(r.get("varies"), "tab:orange") for r in bars])
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([r["name"] for r in bars], fontsize=7)
+    ax.invert_yaxis()
+    losses = [r["final_val_loss"] for r in bars]
+    for c in done:
+        if c["kind"] == "token":
+            ax.axvline(c["final_val_loss"], linestyle="--", color="black", linewidth=1)
+            ax.annotate(c["name"], (c["final_val_loss"], 1.0), xycoords=("data", "axes fraction"),
+                        rotation=90, ha="right", va="top", fontsize=7)
+            losses.append(c["final_val_loss"])
+    span = max(losses) - min(losses)
+    ax.set_xlim(min(losses) - 0.5 * span - 1e-3, max(losses) + 0.2 * span + 1e-3)
+    ax.set_xlabel("final token-level validation loss (blue: centre, orange: one knob changed, "
+                  "gray: another seed; dashed: token-only controls)")
+    ax.grid(True, axis="x", alpha=0.3)
     save_figure(fig, path)
     plt.close(fig)
     return True

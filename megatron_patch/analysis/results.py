@@ -6,6 +6,10 @@ Inputs per run (the trainer's metrics contract):
 - SAVE/metrics.jsonl: one JSON object per line; "kind": "eval" lines carry the token-level
   "val_loss" with the run's cumulative "tokens" and "flops" at that point.
 
+The recipe knobs of a run (K schedule, patch-stage learning rates, token-stage warmup,
+optimizer hand-over, target decay, patch-mean dtype, seed) are columns: the value the grid
+passed, else, for a finished patch run, the value its compute.json `recipe` records.
+
 Compute is compared in FLOPs: `compute_x` is a run's total FLOPs over those of the token-only
 run on the full budget (the 1.0x control when it finished, else the token-only FLOPs the
 trainer computed for a full-budget run's tokens).
@@ -17,11 +21,16 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from megatron_patch.analysis.study import RunSpec
+from megatron_patch.analysis.study import KNOB_FIELDS, RunSpec
 from megatron_patch.training import rundir
 from megatron_patch.training.metrics import read_metrics
 
 COMPUTE_KEYS = ("stages", "total_flops", "token_only_flops", "final_val_loss")
+KNOB_COLUMNS = KNOB_FIELDS + ("seed",)
+# Knobs whose configured value compute.json records (`recipe`): a run that left the flag out
+# shows the value it trained with.
+RECORDED_KNOBS = ("patch_lr", "patch_min_lr", "token_lr_warmup_iters", "handover_optimizer",
+                  "patch_target_decay", "patch_mean_dtype")
 
 COLUMNS = [
     # (key, CSV/Markdown header, Markdown format)
@@ -30,6 +39,15 @@ COLUMNS = [
     ("patch_size", "K", "{}"),
     ("patch_fraction", "lambda", "{:.3g}"),
     ("batch_policy", "policy", "{}"),
+    # the recipe knobs (Markdown shows those the grid sets; see KNOB_COLUMNS)
+    ("patch_schedule", "K schedule", "{}"),
+    ("patch_lr", "patch lr", "{:g}"),
+    ("patch_min_lr", "patch min lr", "{:g}"),
+    ("token_lr_warmup_iters", "token warmup", "{}"),
+    ("handover_optimizer", "hand-over optim", "{}"),
+    ("patch_target_decay", "target decay", "{:g}"),
+    ("patch_mean_dtype", "patch mean", "{}"),
+    ("seed", "seed", "{}"),
     ("train_tokens", "budget tokens", "{:,}"),
     ("patch_steps", "patch steps", "{}"),
     ("token_steps", "token steps", "{}"),
@@ -78,8 +96,10 @@ def eval_curve(run_dir: str) -> List[dict]:
     return points
 
 
-def _stage_steps(compute: dict, stage: str) -> int:
-    return sum(int(s.get("steps", 0)) for s in compute["stages"] if s.get("stage") == stage)
+def _stage_steps(compute: dict, kind: str) -> int:
+    """Steps of the run's patch stages (all of a K schedule's) or of its token stage."""
+    return sum(int(s.get("steps", 0)) for s in compute["stages"]
+               if rundir.stage_kind(s.get("stage", "")) == kind)
 
 
 def run_row(spec: RunSpec, run_dir: str) -> dict:
@@ -89,8 +109,13 @@ def run_row(spec: RunSpec, run_dir: str) -> dict:
     ppl = c.get("final_val_ppl")
     if ppl is None and loss is not None:
         ppl = math.exp(min(loss, 50.0))
+    knobs = {}
+    if spec.kind == "patch":
+        recipe = c.get("recipe") or {}
+        knobs = {k: recipe[k] for k in RECORDED_KNOBS if getattr(spec, k) is None and k in recipe}
     return {
         **spec.to_dict(),
+        **knobs,
         "status": "finished",
         "patch_steps": _stage_steps(c, "patch"),
         "token_steps": _stage_steps(c, "token"),
@@ -108,7 +133,7 @@ def run_row(spec: RunSpec, run_dir: str) -> dict:
 
 def _last_patch_stage_eval(run_dir: str) -> Optional[float]:
     """Token-level validation loss of the model at the end of its patch stage (None: no patch stage)."""
-    points = [p for p in eval_curve(run_dir) if p["stage"] == "patch"]
+    points = [p for p in eval_curve(run_dir) if rundir.stage_kind(p["stage"] or "") == "patch"]
     return points[-1]["val_loss"] if points else None
 
 
@@ -168,7 +193,7 @@ def _fmt(value, fmt: str) -> str:
         return str(value)
 
 
-CSV_FIELDS = [k for k, _, _ in COLUMNS] + ["token_only_flops", "ratio", "budget_fraction", "status"]
+CSV_FIELDS = [k for k, _, _ in COLUMNS] + ["token_only_flops", "ratio", "budget_fraction", "varies", "status"]
 
 
 def to_csv(rows: List[dict]) -> str:
@@ -180,12 +205,22 @@ def to_csv(rows: List[dict]) -> str:
     return buf.getvalue()
 
 
+def markdown_columns(rows: List[dict]) -> list:
+    """COLUMNS without the knob columns that no run of the grid sets (the paper's recipe)."""
+    grid_sets = {k for r in rows for k in KNOB_COLUMNS if r.get("varies") == k or
+                 (r.get("kind") == "patch" and r.get(k) is not None and k not in RECORDED_KNOBS)}
+    done = [r for r in rows if r.get("kind") == "patch" and r["status"] == "finished"]
+    varied = {k for k in KNOB_COLUMNS if len({str(r[k]) for r in done if r.get(k) is not None}) > 1}
+    return [c for c in COLUMNS if c[0] not in KNOB_COLUMNS or c[0] in grid_sets | varied]
+
+
 def markdown_table(rows: List[dict]) -> str:
     done = [r for r in rows if r["status"] == "finished"]
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
+    columns = markdown_columns(rows)
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
     for r in done:
-        lines.append("| " + " | ".join(_fmt(r.get(k), f) for k, _, f in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(r.get(k), f) for k, _, f in columns) + " |")
     return "\n".join(lines)
 
 

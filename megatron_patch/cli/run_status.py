@@ -6,7 +6,9 @@
 
 Exit status: 0 the stage is complete (its last checkpoint was saved after its last step), 1 it is
 not (not started, or started and unfinished; also a latest checkpoint that cannot be read), 2 a
-bad argument (the path is not a run directory of tools/pretrain.py). Batch scripts use it to
+bad argument (the path is not a run directory of tools/pretrain.py), 3 it stopped early on
+purpose (--exit-signal-handler, --exit-duration-in-mins, --exit-interval) and saved: continue it
+with --load. Batch scripts use it to
 decide whether a stage is done, whether to continue it, and whether to hand it over
 (examples/slurm/). Nothing is written; torch is imported only when there is a checkpoint to read.
 """
@@ -18,7 +20,7 @@ from typing import Optional, Tuple
 
 from megatron_patch.training import rundir  # no torch: the layout only
 
-COMPLETE, NOT_COMPLETE, BAD_ARGUMENT = 0, 1, 2
+COMPLETE, NOT_COMPLETE, BAD_ARGUMENT, STOPPED_EARLY = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +72,23 @@ def stage_state(save: str, stage: str) -> Tuple[int, str]:
     total = common.get("stage", {}).get("train_iters", "?")
     if done:
         return COMPLETE, f"{stage} stage: complete, step {step} of {total} ({path})"
+    stop = _early_stop(save, stage, step)
+    if stop is not None:
+        return STOPPED_EARLY, (f"{stage} stage: step {step} of {total}, stopped early ({stop['reason']}) "
+                               f"after saving {path}; continue it with --load")
     return NOT_COMPLETE, f"{stage} stage: step {step} of {total}, not complete ({path})"
+
+
+def _early_stop(save: str, stage: str, step: int) -> Optional[dict]:
+    """The trainer's "exit" record for this stage's latest checkpoint, if the run stopped on purpose."""
+    from megatron_patch.training.metrics import MetricsError, read_metrics
+
+    try:
+        records = [r for r in read_metrics(save) if r.get("stage") == stage]
+    except MetricsError:
+        return None
+    last = records[-1] if records else None
+    return last if last and last.get("kind") == "exit" and last.get("step") == step else None
 
 
 def main(argv=None) -> int:

@@ -13,8 +13,19 @@ compute is counted in model FLOPs, so runs compare at equal compute.
 
 Flags after `--` go to every tools/pretrain.py launch unchanged (e.g. --config FILE). The grid:
 token-only controls at each --controls fraction of the budget (1.0 = same data, 0.5 = the
-compute of K=4, lambda=2/3), then every K x lambda x policy at the full budget (`--design
-cross`), or one axis at a time around the first K, lambda and policy (`--design star`).
+compute of K=4, lambda=2/3), then every K x lambda x policy x knob setting at the full budget
+(`--design cross`), or one axis at a time around the first value of every axis (`--design
+star`). The recipe knobs are axes too; `none` leaves a flag out (the trainer's value), and
+the first value of each is the centre's:
+
+    python tools/study.py ... --design star --patch-lr none 3e-3 --handover-optimizer reset carry \
+        --token-lr-warmup-iters none 50 --patch-schedule none 4:0.5,2:0.1667 \
+        --patch-target-decay 1 0.5 --patch-mean-dtype fp32 param \
+        --seeds 1234 5678 --seed-runs K4-lam0.6667-same_tokens K4-lam0.6667-same_tokens-handover_carry
+
+Each run's name says what it changes from the centre (e.g. K4-lam0.6667-same_tokens-plr0.003);
+--seeds repeats the centre (or the --seed-runs) with each further seed to show the
+run-to-run spread. The knob values are columns of the table.
 
 Before the first launch the trainer's own setup checks (flags, files, tokenizer, stage plan)
 run for every run of the grid, so a bad combination fails at once, not hours in.
@@ -25,7 +36,8 @@ crash. `--no-launch` only rebuilds the table and plots from what is there; `--dr
 the launch commands; `--launcher python` runs each run as one plain process (no torchrun).
 
 Writes OUT/results.csv, OUT/results.md, OUT/val_loss_vs_flops.png, OUT/val_loss_vs_K_lambda.png,
-OUT/grid.json; each launch's output goes to OUT/logs/NAME.log.
+OUT/val_loss_by_knob.png (when knobs or seeds vary), OUT/grid.json; each launch's output goes
+to OUT/logs/NAME.log.
 """
 import argparse
 import os
@@ -33,7 +45,8 @@ import sys
 import time
 
 from megatron_patch.analysis import study
-from megatron_patch.analysis.study import DESIGNS, LAUNCHERS, POLICIES, parse_fraction, parse_tokens
+from megatron_patch.analysis.study import DESIGNS, KNOBS, LAUNCHERS, POLICIES, parse_fraction, parse_tokens
+from megatron_patch.training.config import HANDOVER_OPTIMIZER, PATCH_MEAN_DTYPES
 from megatron_patch.training import rundir
 
 
@@ -46,6 +59,34 @@ def _arg_type(fn):
 
     parse.__name__ = fn.__name__
     return parse
+
+
+def _optional(fn):
+    """`none` -> None (leave the flag out), else fn(text)."""
+    def parse(text):
+        return None if text.strip().lower() == "none" else fn(text)
+
+    parse.__name__ = fn.__name__
+    return parse
+
+
+def _choice(choices):
+    def choice(text):
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return choice
+
+
+def _schedule(text):
+    study.schedule_phases(text)  # the trainer's parser: a clear error now, not at launch
+    return text
+
+
+def knob_axes(args) -> dict:
+    """{knob field: [values]} of the knob axes given on the command line."""
+    return {k.field: getattr(args, k.field) for k in KNOBS if getattr(args, k.field, None)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "are the centre; vary one axis at a time around it")
     ap.add_argument("--controls", type=_arg_type(parse_fraction), nargs="*", default=[1.0, 0.5],
                     metavar="F", help="token-only runs at these fractions of the budget")
+    knobs = ap.add_argument_group(
+        "recipe knobs", "axes of the grid: tools/pretrain.py's flag of the same name; the first value is "
+        "the centre's, `none` leaves the flag out (the trainer's value)")
+    knobs.add_argument("--patch-lr", type=_arg_type(_optional(float)), nargs="+", metavar="LR",
+                       help="patch-stage peak learning rates")
+    knobs.add_argument("--patch-min-lr", type=_arg_type(_optional(float)), nargs="+", metavar="LR",
+                       help="patch-stage final learning rates")
+    knobs.add_argument("--token-lr-warmup-iters", type=_arg_type(_optional(int)), nargs="+", metavar="N",
+                       help="token-stage warmup steps")
+    knobs.add_argument("--handover-optimizer", type=_arg_type(_optional(_choice(HANDOVER_OPTIMIZER))),
+                       nargs="+", metavar="MODE", help=f"optimizer at the hand-over: {', '.join(HANDOVER_OPTIMIZER)}")
+    knobs.add_argument("--patch-schedule", type=_arg_type(_optional(_schedule)), nargs="+", metavar="SCHED",
+                       help="K schedules, e.g. 4:0.5,2:0.1667 (K:fraction pairs; sets the run's K and lambda)")
+    knobs.add_argument("--patch-target-decay", type=_arg_type(_optional(float)), nargs="+", metavar="R",
+                       help="weights R**k of a patch's K targets (1: uniform)")
+    knobs.add_argument("--patch-mean-dtype", type=_arg_type(_optional(_choice(PATCH_MEAN_DTYPES))),
+                       nargs="+", metavar="DTYPE", help=f"patch-mean accumulation: {', '.join(PATCH_MEAN_DTYPES)}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[], metavar="SEED",
+                    help="the first seeds every run; each further seed repeats the centre (or --seed-runs)")
+    ap.add_argument("--seed-runs", nargs="+", metavar="NAME",
+                    help="runs to repeat with the further --seeds (default: the centre)")
     ap.add_argument("--nproc-per-node", type=int, default=1)
     ap.add_argument("--launcher", choices=LAUNCHERS, default="torchrun",
                     help="python: one plain process per run (no torchrun start-up; needs --nproc-per-node 1)")
@@ -104,9 +166,11 @@ def main(argv=None) -> int:
     logs_dir = os.path.join(args.out, "logs")
     common = study.common_flags(args.data_path, args.tokenizer_model, args.model, args.extra)
     try:
-        study.check_passthrough(args.extra)
+        axes = knob_axes(args)
+        study.check_passthrough(args.extra, [*axes, *(["seed"] if args.seeds else [])])
         specs = study.build_grid(args.train_tokens, args.patch_sizes, args.patch_fractions,
-                                 args.batch_policies, args.controls, args.design)
+                                 args.batch_policies, args.controls, args.design, axes,
+                                 args.seeds, args.seed_runs)
         if not args.no_launch:
             study.check_inputs(args.pretrain, args.data_path, args.tokenizer_model,
                                args.nproc_per_node, args.launcher)

@@ -365,6 +365,7 @@ SECTIONS = {
 }
 ALL_SECTIONS = {"model": ModelConfig, **SECTIONS}
 SHAPE = ("num_layers", "hidden_size", "num_attention_heads")
+BUDGETS = ("train_iters", "train_samples", "train_tokens")
 
 
 def model_from_dict(updates: dict) -> tuple:
@@ -483,6 +484,10 @@ def parse_config(argv=None) -> RunConfig:
     ns = build_parser().parse_args(argv)
     d = load_yaml(ns.config) if getattr(ns, "config", None) else {}
     d = {k: dict(v or {}) for k, v in d.items()}
-    for section, values in F.given(ns).items():
+    given = F.given(ns)
+    if set(given.get("train", {})) & set(BUDGETS):  # a budget flag replaces the YAML's budget
+        for key in BUDGETS:
+            d.get("train", {}).pop(key, None)
+    for section, values in given.items():
         d.setdefault(section, {}).update(values)
     return config_from_dict(d)

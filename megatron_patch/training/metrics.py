@@ -8,6 +8,8 @@ SAVE/metrics.jsonl (the demo, the study driver and resumes read them with `read_
   {"kind": "eval", "stage", "patch_size", "step", "val_loss", "val_ppl", "tokens", "flops", "wall_s"}
   {"kind": "data", "stage", "patch_size", "step": 0, "samples", "epochs", "tokens", "flops", "wall_s"}
     (at a stage's start: how many passes over its share of the data the stage makes)
+  {"kind": "exit", "stage", "patch_size", "step", "reason", "checkpoint", "tokens", "flops", "wall_s"}
+    (the run stopped early on purpose after saving `checkpoint`: relaunch with --load)
 
 `tokens`, `flops` and `wall_s` are cumulative over the run (all stages); tokens count K per
 patch. `tflops` is model TFLOP/s per device (flops.py) and `mfu` that over the device's peak
@@ -88,7 +90,12 @@ def format_data(r: dict) -> str:
             f"{r['epochs']:.3g} epochs of its share of the data{repeat}")
 
 
-FORMATS = {"train": format_train, "eval": format_eval, "data": format_data}
+def format_exit(r: dict) -> str:
+    return (f"exit | stage {r['stage']} K={r['patch_size']} | step {r['step']} | {r['reason']} | "
+            f"saved {r['checkpoint']}")
+
+
+FORMATS = {"train": format_train, "eval": format_eval, "data": format_data, "exit": format_exit}
 
 
 class MetricsLogger:

@@ -24,21 +24,18 @@ def check_launch(cfg) -> None:
     """Refuse a launch that would overwrite another run or start from something unknown."""
     c = cfg.checkpoint
     save, load = c.save, c.load
-    if save and rundir.holds_run(save) and not load:
+    if save and rundir.holds_run(save) and not _same(load, save):
         raise ValueError(
             f"--save {save} already holds a run (checkpoints or metrics); nothing was changed. "
             f"To continue it, relaunch with --load {save}. To start a new run, pass a new --save "
             "directory (or delete this one yourself first)"
         )
     if load:
+        if _same(load, save) and not rundir.holds_run(save):
+            return  # `--save D --load D` on a first launch: nothing to resume yet
         if not os.path.exists(load):
-            if _same(load, save):
-                return  # `--save D --load D` on a first launch: nothing to resume yet
             raise ValueError(f"--load {load} does not exist: pass the run directory of an earlier "
                              "launch (its --save), or leave --load out to start a new run")
-        empty = os.path.isdir(load) and not os.listdir(load)
-        if empty and _same(load, save):
-            return
         if not (rundir.holds_run(load) or rundir.is_checkpoint_dir(load)):
             raise ValueError(
                 f"--load {load} is not a run directory or checkpoint directory of this product "

@@ -115,8 +115,11 @@ def checkpoint_dirs(run_dir: str) -> List[str]:
 
 
 def holds_run(run_dir: str) -> bool:
-    """Whether a directory already holds (part of) a run: checkpoints, metrics or an account."""
-    return bool(checkpoint_dirs(run_dir)) or any(
+    """Whether a directory already holds (part of) a run of this product: a stage's checkpoints or
+    hand-over weights, metrics, an account or the run file."""
+    stages = [d for d in checkpoint_dirs(run_dir)
+              if is_stage_name(os.path.basename(d).removesuffix("_weights"))]
+    return bool(stages) or any(
         os.path.exists(p) for p in (metrics_path(run_dir), compute_path(run_dir), run_file(run_dir))
     )
 

@@ -155,11 +155,14 @@ class Trainer:
                 break
             if evaluator.due(state.step):
                 validate()
-            if ckpt.due(state.step):
-                save()
+            saved = save() if ckpt.due(state.step) else None
             reason = self.exit.reason(state.step)
             if reason:
-                raise ExitRequested(f"{stage.name} stage step {state.step}: {reason}", save())
+                saved = saved or save()
+                self.logger.write({"kind": "exit", "stage": stage.name, "patch_size": stage.patch_size,
+                                   "step": state.step, "reason": reason, "checkpoint": saved,
+                                   **state.cumulative()})
+                raise ExitRequested(f"{stage.name} stage step {state.step}: {reason}", saved)
 
         final = validate()
         state.val_loss = final["val_loss"] if final else None

@@ -12,6 +12,7 @@ import pytest
 
 from megatron_patch.analysis import plots, results
 from megatron_patch.analysis.study import (
+    KNOB_FIELDS,
     RunSpec,
     build_grid,
     check_passthrough,
@@ -54,6 +55,69 @@ def test_star_design_varies_one_axis_at_a_time():
     ]
     with pytest.raises(ValueError, match="--design"):
         build_grid(1000, [4], [0.5], design="diagonal")
+
+
+KNOB_AXES = {"patch_lr": [None, 3e-3], "handover_optimizer": ["reset", "carry"],
+             "token_lr_warmup_iters": [None, 2], "patch_schedule": [None, "4:1/4,2:1/4"],
+             "patch_target_decay": [1.0, 0.5], "patch_mean_dtype": ["fp32", "param"]}
+
+
+def test_star_design_varies_each_knob_and_repeats_seeds():
+    specs = build_grid(1000, [4], [0.5], ["same_tokens"], [1.0], "star", KNOB_AXES, [1234, 5678],
+                       ["K4-lam0.5-same_tokens", "K4-lam0.5-same_tokens-handover_carry"])
+    assert [s.name for s in specs] == [
+        "token-1.0x", "K4-lam0.5-same_tokens", "K4-lam0.5-same_tokens-plr0.003",
+        "K4-lam0.5-same_tokens-handover_carry", "K4-lam0.5-same_tokens-twarm2",
+        "K4-lam0.5-same_tokens-sched_K4x0.25-K2x0.25", "K4-lam0.5-same_tokens-decay0.5",
+        "K4-lam0.5-same_tokens-mean_param", "K4-lam0.5-same_tokens-seed5678",
+        "K4-lam0.5-same_tokens-handover_carry-seed5678"]
+    by = {s.name: s for s in specs}
+    centre = by["K4-lam0.5-same_tokens"]
+    assert centre.varies is None and centre.pretrain_args()[-8:] == [
+        "--handover-optimizer", "reset", "--patch-target-decay", "1.0", "--patch-mean-dtype", "fp32",
+        "--seed", "1234"]
+    assert "--patch-lr" not in centre.pretrain_args()  # none: the trainer's value (--lr)
+    carry = by["K4-lam0.5-same_tokens-handover_carry-seed5678"]
+    assert (carry.handover_optimizer, carry.seed, carry.varies) == ("carry", 5678, "seed")
+    sched = by["K4-lam0.5-same_tokens-sched_K4x0.25-K2x0.25"]
+    assert (sched.patch_size, sched.patch_fraction, sched.varies) == (4, 0.5, "patch_schedule")
+    assert sched.pretrain_args()[sched.pretrain_args().index("--patch-schedule") + 1] == "4:1/4,2:1/4"
+    assert by["token-1.0x"].pretrain_args() == ["--patch-size", "1", "--patch-fraction", "0.0",
+                                                "--train-tokens", "1000", "--seed", "1234"]
+    # cross: every combination of the knob axes
+    cross = build_grid(1000, [4], [0.5], ["same_tokens"], [], "cross",
+                       {"patch_lr": [None, 3e-3], "patch_target_decay": [1.0, 0.5]})
+    assert [s.name for s in cross] == ["K4-lam0.5-same_tokens", "K4-lam0.5-same_tokens-decay0.5",
+                                       "K4-lam0.5-same_tokens-plr0.003", "K4-lam0.5-same_tokens-plr0.003-decay0.5"]
+    with pytest.raises(ValueError, match="not runs of this grid"):
+        build_grid(1000, [4], [0.5], seeds=[1, 2], seed_runs=["nope"])
+    with pytest.raises(ValueError, match="repeats a value"):
+        build_grid(1000, [4], [0.5], knobs={"patch_lr": [1e-3, 1e-3]})
+    with pytest.raises(ValueError, match="--patch-lr"):
+        check_passthrough(["--patch-lr", "1e-3"], ["patch_lr"])
+    check_passthrough(["--patch-lr", "1e-3"])  # not an axis: the centre of every run
+    with pytest.raises(ValueError, match="--patch-schedule"):
+        check_passthrough(["--patch-schedule", "4:0.5"])
+
+
+def test_knob_columns_show_what_the_grid_sets(tmp_path):
+    specs = build_grid(1000, [4], [0.5], ["same_tokens"], [1.0], "star", {"patch_target_decay": [1.0, 0.5]})
+    for s in specs:
+        fake_run(str(tmp_path / s.name), s.patch_size, s.patch_fraction, s.train_tokens, 4.0)
+    with open(tmp_path / specs[1].name / "compute.json") as f:
+        compute = json.load(f)
+    compute["recipe"] = {"handover_optimizer": "reset", "patch_lr": None, "patch_target_decay": 1.0}
+    with open(tmp_path / specs[1].name / "compute.json", "w") as f:
+        json.dump(compute, f)
+    rows = results.collect(specs, str(tmp_path))
+    assert rows[1]["handover_optimizer"] == "reset"  # from compute.json's recipe
+    md = results.to_markdown(rows, {})
+    assert "| target decay |" in md and "hand-over optim" not in md and "patch lr" not in md
+    header = results.to_csv(rows).splitlines()[0].split(",")
+    assert set(KNOB_FIELDS) <= set(header) and "seed" in header and "varies" in header
+    assert plots.plot_knobs(rows, str(tmp_path / "k.png"))
+    assert (tmp_path / "k.png").read_bytes()[:8] == PNG_MAGIC
+    assert not plots.plot_knobs(results.collect(specs[:2], str(tmp_path)), str(tmp_path / "none.png"))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -319,3 +383,57 @@ def test_tiny_real_grid(tmp_path):
     proc = subprocess.run(bad, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and "run K4-lam0.5-same_tokens:" in proc.stderr
     assert "lr-warmup-iters" in proc.stderr and not (tmp_path / "bad" / "logs").exists()
+
+
+@pytest.mark.skipif(not os.path.isfile(PRETRAIN), reason="tools/pretrain.py not written yet")
+def test_tiny_real_knob_grid(tmp_path):
+    """Every recipe knob once around a centre (K=4, lambda=1/2), plus the centre with a second
+    seed: eight real one-process runs of the tiny model, a few steps each."""
+    import numpy as np
+    import sentencepiece
+
+    from tests._data_helpers import synthetic_documents, tiny_tokenizer, write_indexed
+
+    tok = tiny_tokenizer()
+    sp = sentencepiece.SentencePieceProcessor(model_file=tok)
+    docs = [np.array(sp.encode(d) + [sp.eos_id()], dtype=np.uint16) for d in synthetic_documents(300, seed=7)]
+    prefix = write_indexed(str(tmp_path / "corpus_text_document"), docs)
+    out = tmp_path / "study"
+    axes = ["--patch-lr", "none", "3e-3", "--handover-optimizer", "reset", "carry",
+            "--token-lr-warmup-iters", "none", "2", "--patch-schedule", "none", "4:1/4,2:1/4",
+            "--patch-target-decay", "1", "0.5", "--patch-mean-dtype", "fp32", "param", "--seeds", "1234", "5678"]
+    cmd = [sys.executable, STUDY, "--out", str(out), "--data-path", prefix, "--tokenizer-model", tok,
+           "--model", "tiny", "--train-tokens", "1024", "--patch-sizes", "4", "--patch-fractions", "1/2",
+           "--controls", "--design", "star", "--launcher", "python", *axes,
+           "--", "--num-layers", "2", "--seq-length", "32", "--patch-seq-length", "32", "--global-batch-size", "4",
+           "--micro-batch-size", "4", "--lr-warmup-iters", "1", "--eval-iters", "1", "--split", "90,10,0",
+           "--no-tensorboard", "--bf16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    logs = "".join((out / "logs" / n).read_text() for n in os.listdir(out / "logs")) if (out / "logs").exists() else ""
+    assert proc.returncode == 0, proc.stdout + proc.stderr + logs[-4000:]
+    grid = json.loads((out / "grid.json").read_text())["runs"]
+    rows = {r["name"]: r for r in results.collect([RunSpec(**r) for r in grid], str(out / "runs"))}
+    centre = rows["K4-lam0.5-same_tokens"]
+    assert len(rows) == 8 and {r["status"] for r in rows.values()} == {"finished"}
+    assert (centre["patch_steps"], centre["token_steps"]) == (4, 4)
+    sched = rows["K4-lam0.5-same_tokens-sched_K4x0.25-K2x0.25"]
+    assert (sched["patch_steps"], sched["token_steps"], sched["patch_schedule"]) == (4, 4, "4:1/4,2:1/4")
+    assert sched["ideal_ratio"] == pytest.approx(0.25 / 4 + 0.25 / 2 + 0.5)
+    with open(out / "runs" / sched["name"] / "compute.json") as f:
+        assert [s["stage"] for s in json.load(f)["stages"]] == ["patch_k4", "patch_k2", "token"]
+    # each knob reached the trainer: its compute.json records it, and the run trained differently
+    for name, field, value in (("plr0.003", "patch_lr", 3e-3), ("handover_carry", "handover_optimizer", "carry"),
+                               ("twarm2", "token_lr_warmup_iters", 2), ("decay0.5", "patch_target_decay", 0.5),
+                               ("mean_param", "patch_mean_dtype", "param")):
+        run = f"K4-lam0.5-same_tokens-{name}"
+        with open(out / "runs" / run / "compute.json") as f:
+            assert json.load(f)["recipe"][field] == value, run
+        assert rows[run][field] == value
+        assert rows[run]["final_val_loss"] != centre["final_val_loss"], run
+    seed = rows["K4-lam0.5-same_tokens-seed5678"]
+    assert seed["seed"] == 5678 and seed["final_val_loss"] != centre["final_val_loss"]
+    md = (out / "results.md").read_text()
+    for header in ("K schedule", "patch lr", "token warmup", "hand-over optim", "target decay", "patch mean", "seed"):
+        assert f"| {header} |" in md, header
+    assert "val_loss_by_knob.png" in md and (out / "val_loss_by_knob.png").read_bytes()[:8] == PNG_MAGIC

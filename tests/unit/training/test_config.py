@@ -158,3 +158,10 @@ def test_help_is_the_field_docstrings():
     for flag in FLAGS:  # every field's flag is there, and no flag is defined twice
         assert flag in text, flag
     assert len(FLAGS) == len(set(FLAGS))
+
+
+def test_a_budget_flag_replaces_the_configs_budget():
+    path = os.path.join(ROOT, "examples", "configs", "2_7b.yaml")  # has train_tokens
+    cfg = parse_config(["--config", path, *DATA, "--train-iters", "10"])
+    assert (cfg.train.train_iters, cfg.train.train_tokens) == (10, None)
+    assert cfg.parallel.tensor_model_parallel_size == 2  # everything else stays the config's
