@@ -184,7 +184,15 @@ def load_checkpoint_model(path: str, patch_size: Optional[int] = None, device=No
     cfg, chunks = load_model_for(ckpt, ParallelConfig(), patch_size=patch_size or 1,
                                  dtype=torch.float32)
     model = chunks[0] if device is None else chunks[0].to(device)
-    return model, cfg.train.patch_size, cfg.model.vocab_size, ckpt
+    return model, _trained_patch_size(ckpt, cfg), cfg.model.vocab_size, ckpt
+
+
+def _trained_patch_size(ckpt: str, cfg) -> int:
+    """K the checkpoint was trained at: its stage's (a K schedule has several), else the run's."""
+    from megatron_patch.training.checkpointing import common_state
+
+    stage = common_state(ckpt).get("stage") or {}
+    return int(stage.get("patch_size", cfg.train.patch_size))
 
 
 def model_name(path: str) -> str:
@@ -192,8 +200,8 @@ def model_name(path: str) -> str:
     from megatron_patch.training import rundir
 
     parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
-    while len(parts) > 1 and (parts[-1] in rundir.STAGE_NAMES or parts[-1].startswith("iter_")
-                              or parts[-1] == rundir.RELEASE):
+    while len(parts) > 1 and (rundir.is_stage_name(parts[-1].removesuffix("_weights"))
+                              or parts[-1].startswith("iter_") or parts[-1] == rundir.RELEASE):
         parts.pop()
     return parts[-1]
 

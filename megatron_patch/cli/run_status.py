@@ -26,14 +26,16 @@ COMPLETE, NOT_COMPLETE, BAD_ARGUMENT, STOPPED_EARLY = 0, 1, 2, 3
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_status.py", description=__doc__.split("\n")[0])
     p.add_argument("save", metavar="SAVE", help="run directory (the --save of tools/pretrain.py)")
-    p.add_argument("--stage", required=True, choices=("patch", "token"),
-                   help="the stage to report on")
+    p.add_argument("--stage", required=True,
+                   help="the stage to report on: patch, token, or a K schedule's patch_k<K>")
     return p
 
 
 def _patch_weights_line(save: str) -> str:
-    """Whether the hand-over checkpoint (the patch stage's weights, the token stage's start) exists."""
-    path = rundir.weights_dir(save, "patch")
+    """Whether the hand-over checkpoint (the last patch stage's weights, the token stage's start)
+    exists."""
+    patch_stages = [n for n in rundir.stage_names(save) if rundir.stage_kind(n) == "patch"] or ["patch"]
+    path = rundir.weights_dir(save, patch_stages[-1])
     return f"patch weights: {'present' if rundir.is_checkpoint_dir(path) else 'absent'} ({path})"
 
 
@@ -93,6 +95,10 @@ def _early_stop(save: str, stage: str, step: int) -> Optional[dict]:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not rundir.is_stage_name(args.stage):
+        print(f"run_status.py: error: --stage {args.stage!r} is not a stage name (patch, token, "
+              "patch_k<K>)", file=sys.stderr)
+        return BAD_ARGUMENT
     status, line = stage_state(args.save, args.stage)
     if status == BAD_ARGUMENT:
         print(f"run_status.py: error: {line}", file=sys.stderr)

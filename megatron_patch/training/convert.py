@@ -103,7 +103,10 @@ def convert_to_hf(src: str, dst: str, tokenizer_model=None, expect=None) -> str:
 
 
 def _longest_positions(cfg) -> int:
-    """Transformer positions of the run's longest stage (max_position_embeddings when unset)."""
+    """Transformer positions of the run's longest stage (set by preflight; derived for configs
+    written before it was)."""
+    if cfg.model.max_position_embeddings:
+        return cfg.model.max_position_embeddings
     t = cfg.train
     patch = (t.patch_seq_length or t.seq_length * t.patch_size) // t.patch_size
     return max(t.seq_length, patch if t.patch_size > 1 else 0)

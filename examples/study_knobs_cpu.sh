@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The recipe-knob study of docs/results.md on the CPU (2 cores, about an hour of training): one
+# knob at a time around the paper's recipe (K=4, lambda=2/3, same tokens per step), on the same
+# corpus and model as examples/study_cpu.sh, against the token-only run of equal compute:
+#   centre (twice, two seeds); K=2, K=8; a higher patch-stage lr; the optimizer carried over the
+#   hand-over; a short token-stage warmup; a K schedule 4 -> 2; target weights decaying 0.5**k;
+#   token-only at 0.5x of the budget (the equal-compute control).
+# Then tools/neuron_activation.py (the paper's Fig. 8 measure) on the K=1, 2, 4, 8 models.
+#
+#   bash examples/study_knobs_cpu.sh        # after examples/study_cpu.sh has made data/study
+# Knobs (environment): OUT (runs/study_knobs), DATA_DIR (data/study), BUDGET (1.2M tokens),
+# SETUP=0 (use the existing .venv as it is). Rerunning resumes: finished runs are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-runs/study_knobs}
+DATA_DIR=${DATA_DIR:-data/study}
+BUDGET=${BUDGET:-1.2M}
+CENTRE=K4-lam0.6667-same_tokens
+
+t0=$SECONDS
+say() { printf '\n[knobs %4ds] %s\n' $((SECONDS - t0)) "$*"; }
+if [[ "${SETUP:-1}" == 1 ]]; then
+    say "environment (tools/setup_env.sh)"
+    bash tools/setup_env.sh
+fi
+PY=$PWD/.venv/bin/python
+
+say "corpus (tools/fetch_corpus.py)"
+"$PY" tools/fetch_corpus.py --output-dir "$DATA_DIR" --source sotu,shakespeare,moby-dick,ham
+TOK=$DATA_DIR/tok.model
+if [[ ! -f "$TOK" || "$DATA_DIR/train.jsonl" -nt "$TOK" ]]; then
+    "$PY" tools/train_tokenizer.py --input "$DATA_DIR/train.jsonl" --model-prefix "$DATA_DIR/tok" --vocab-size 8000
+fi
+if [[ ! -f "$DATA_DIR/train_text_document.idx" || "$TOK" -nt "$DATA_DIR/train_text_document.idx" ]]; then
+    "$PY" tools/preprocess_data.py --input "$DATA_DIR/train.jsonl" --output-prefix "$DATA_DIR/train" \
+        --tokenizer-model "$TOK" --append-eod --workers 2 --no-progress
+fi
+
+say "grid (tools/study.py --design star)"
+"$PY" tools/study.py --out "$OUT" --data-path "$DATA_DIR/train_text_document" --tokenizer-model "$TOK" \
+    --model cpu-small --train-tokens "$BUDGET" --patch-sizes 4 2 8 --patch-fractions 2/3 \
+    --batch-policies same_tokens --design star --controls 0.5 \
+    --patch-lr none 3e-3 --handover-optimizer reset carry --token-lr-warmup-iters none 2 \
+    --patch-schedule none 4:0.5,2:0.1667 --patch-target-decay 1 0.5 \
+    --seeds 1234 5678 --launcher python --keep-going -- --config examples/configs/study_cpu.yaml
+
+say "neuron activation, the paper's Fig. 8 measure (tools/neuron_activation.py)"
+"$PY" tools/neuron_activation.py --definition paper \
+    --load "K=1=$OUT/runs/token-0.5x/token" "K=2=$OUT/runs/K2-lam0.6667-same_tokens/patch" \
+           "K=4=$OUT/runs/$CENTRE/patch" "K=8=$OUT/runs/K8-lam0.6667-same_tokens/patch" \
+    --data-path "$DATA_DIR/train_text_document" --seq-length 1024 --num-samples 8 \
+    --csv "$OUT/neurons_by_K.csv" --plot "$OUT/neurons_by_K.png" | tee "$OUT/neurons_by_K.md"
+say "done: $OUT/results.md, $OUT/*.png, $OUT/neurons_by_K.*"
