@@ -122,8 +122,8 @@ if [[ "$HF_EXPORT" == 1 ]]; then
     "$PY" tools/convert_checkpoint.py --load "$OUT/patch_k4/token" --save "$OUT/patch_k4/hf" --to hf
 fi
 
-say "report (python -m megatron_patch.cli.demo_report)"
-"$PY" -m megatron_patch.cli.demo_report \
+say "report (tools/demo_report.py)"
+"$PY" tools/demo_report.py \
     --run "token-only=$OUT/token_only" --run "patch-K$K=$OUT/patch_k4" \
     --run "token-equal-compute=$OUT/token_equal_compute" \
     --eval "token-only=$OUT/token_only/heldout_eval.json" --eval "patch-K$K=$OUT/patch_k4/heldout_eval.json" \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe-knob study of docs/results.md on the CPU (2 cores, about an hour of training): one
+# The recipe-knob study of docs/results.md on the CPU (2 cores, about 35 minutes of training): one
 # knob at a time around the paper's recipe (K=4, lambda=2/3, same tokens per step), on the same
 # corpus and model as examples/study_cpu.sh, against the token-only run of equal compute:
 #   centre (twice, two seeds); K=2, K=8; a higher patch-stage lr; the optimizer carried over the
@@ -8,14 +8,14 @@
 # Then tools/neuron_activation.py (the paper's Fig. 8 measure) on the K=1, 2, 4, 8 models.
 #
 #   bash examples/study_knobs_cpu.sh        # after examples/study_cpu.sh has made data/study
-# Knobs (environment): OUT (runs/study_knobs), DATA_DIR (data/study), BUDGET (1.2M tokens),
+# Knobs (environment): OUT (runs/study_knobs), DATA_DIR (data/study), BUDGET (0.8M tokens),
 # SETUP=0 (use the existing .venv as it is). Rerunning resumes: finished runs are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-runs/study_knobs}
 DATA_DIR=${DATA_DIR:-data/study}
-BUDGET=${BUDGET:-1.2M}
+BUDGET=${BUDGET:-0.8M}
 CENTRE=K4-lam0.6667-same_tokens
 
 t0=$SECONDS
