@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The recipe-knob study of docs/results.md on the CPU (2 cores, about 35 minutes of training): one
+# The recipe-knob study of docs/results.md on the CPU (2 cores, about 25 minutes of training): one
 # knob at a time around the paper's recipe (K=4, lambda=2/3, same tokens per step), on the same
 # corpus and model as examples/study_cpu.sh, against the token-only run of equal compute:
-#   centre (twice, two seeds); K=2, K=8; a higher patch-stage lr; the optimizer carried over the
+#   centre and the best setting (decay 0.5) twice, with two seeds; K=2, K=8; a higher patch-stage lr; the optimizer carried over the
 #   hand-over; a short token-stage warmup; a K schedule 4 -> 2; target weights decaying 0.5**k;
 #   token-only at 0.5x of the budget (the equal-compute control).
 # Then tools/neuron_activation.py (the paper's Fig. 8 measure) on the K=1, 2, 4, 8 models.
@@ -43,12 +43,13 @@ say "grid (tools/study.py --design star)"
     --batch-policies same_tokens --design star --controls 0.5 \
     --patch-lr none 3e-3 --handover-optimizer reset carry --token-lr-warmup-iters none 2 \
     --patch-schedule none 4:0.5,2:0.1667 --patch-target-decay 1 0.5 \
-    --seeds 1234 5678 --launcher python --keep-going -- --config examples/configs/study_cpu.yaml
+    --seeds 1234 5678 --seed-runs "$CENTRE" "$CENTRE-decay0.5" \
+    --launcher python --keep-going -- --config examples/configs/study_cpu.yaml
 
 say "neuron activation, the paper's Fig. 8 measure (tools/neuron_activation.py)"
 "$PY" tools/neuron_activation.py --definition paper \
-    --load "K=1=$OUT/runs/token-0.5x/token" "K=2=$OUT/runs/K2-lam0.6667-same_tokens/patch" \
-           "K=4=$OUT/runs/$CENTRE/patch" "K=8=$OUT/runs/K8-lam0.6667-same_tokens/patch" \
+    --load "K1=$OUT/runs/token-0.5x/token" "K2=$OUT/runs/K2-lam0.6667-same_tokens/patch" \
+           "K4=$OUT/runs/$CENTRE/patch" "K8=$OUT/runs/K8-lam0.6667-same_tokens/patch" \
     --data-path "$DATA_DIR/train_text_document" --seq-length 1024 --num-samples 8 \
     --csv "$OUT/neurons_by_K.csv" --plot "$OUT/neurons_by_K.png" | tee "$OUT/neurons_by_K.md"
 say "done: $OUT/results.md, $OUT/*.png, $OUT/neurons_by_K.*"

@@ -10,8 +10,8 @@ spread. Every run trains on the same corpus, tokenizer, model and flags, so the 
 token-level validation uses the same held-out split for all.
 
 A run is finished when its compute account exists (`rundir.is_finished`: the trainer writes it
-last); finished runs are skipped, unfinished ones are relaunched with `--load RUN_DIR` when they
-left a checkpoint.
+last); finished runs are skipped, and every launch passes `--save RUN_DIR --load RUN_DIR`, so an
+interrupted run resumes from its last checkpoint.
 
     specs = build_grid(4_000_000, [2, 4, 8], [2 / 3])
     outcomes = launch_all(specs, runs_dir, logs_dir, common_flags(...))   # tools/study.py
@@ -290,11 +290,6 @@ def check_passthrough(extra: Sequence[str], axes: Sequence[str] = ()) -> None:
         )
 
 
-def has_checkpoint(run_dir: str) -> bool:
-    """True when a stage of the run left a checkpoint to resume from."""
-    return bool(rundir.checkpoint_dirs(run_dir))
-
-
 def launch_command(
     spec: RunSpec,
     run_dir: str,
@@ -316,10 +311,9 @@ def launch_command(
         prefix = [python]
     else:
         raise ValueError(f"unknown launcher {launcher!r}; use torchrun or python")
-    cmd = [*prefix, os.path.normpath(pretrain), *common, "--save", run_dir, *spec.pretrain_args()]
-    if has_checkpoint(run_dir):
-        cmd += ["--load", run_dir]
-    return cmd
+    # `--save D --load D`: a fresh start for a new directory, a resume for an interrupted run.
+    return [*prefix, os.path.normpath(pretrain), *common, "--save", run_dir, "--load", run_dir,
+            *spec.pretrain_args()]
 
 
 @dataclass
@@ -362,7 +356,8 @@ def precheck(specs: Sequence[RunSpec], runs_dir: str, common: Sequence[str], npr
     from megatron_patch.training.stages import plan_stages
 
     for spec in specs:
-        argv = [*common, "--save", os.path.join(runs_dir, spec.name), *spec.pretrain_args()]
+        run_dir = os.path.join(runs_dir, spec.name)
+        argv = [*common, "--save", run_dir, "--load", run_dir, *spec.pretrain_args()]
         try:
             try:
                 cfg = resolve(parse_config(argv))
@@ -422,7 +417,7 @@ def launch_all(specs: Sequence[RunSpec], runs_dir: str, logs_dir: str, common: S
             continue
         cmd = launch_command(spec, run_dir, common, nproc_per_node, pretrain, launcher)
         log_path = os.path.join(logs_dir, f"{spec.name}.log")
-        resumed = " (resuming)" if "--load" in cmd else ""
+        resumed = " (resuming)" if rundir.checkpoint_dirs(run_dir) else ""
         log(f"[{i}/{len(specs)}] {spec.name}{resumed}: log {log_path}")
         rc, seconds = run_one(cmd, log_path)
         ok = rc == 0 and rundir.is_finished(run_dir)

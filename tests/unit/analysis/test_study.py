@@ -147,17 +147,16 @@ def test_parsers_and_passthrough():
         check_passthrough(["--save=/x"])
 
 
-def test_launch_command_resumes_from_checkpoint(tmp_path):
+def test_launch_command_saves_and_resumes_in_the_run_directory(tmp_path):
     spec = RunSpec("K4-lam0.5-same_tokens", "patch", 4, 0.5, "same_tokens", 1000)
     run = tmp_path / spec.name
     cmd = launch_command(spec, str(run), ["--model", "tiny"], 2, PRETRAIN)
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node" in cmd
-    assert "--load" not in cmd
-    (run / "patch").mkdir(parents=True)
-    (run / "patch" / "latest_checkpointed_iteration.txt").write_text("3")
+    # `--save D --load D`: a fresh start for a new directory, a resume for an interrupted run.
+    i = cmd.index("--save")
+    assert cmd[i:i + 4] == ["--save", str(run), "--load", str(run)]
     cmd = launch_command(spec, str(run), [], 1, PRETRAIN, launcher="python")
     assert cmd[0] == sys.executable and cmd[1] == os.path.normpath(PRETRAIN)
-    assert cmd[-2:] == ["--load", str(run)]
     with pytest.raises(ValueError, match="one process"):
         launch_command(spec, str(run), [], 2, PRETRAIN, launcher="python")
 
