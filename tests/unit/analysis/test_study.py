@@ -311,7 +311,9 @@ def test_driver_runs_skips_resumes_and_reports_failures(tmp_path):
     assert "failed: K2-lam0.5-same_tokens" in proc.stderr and "exit status 3" in proc.stderr
     first = calls(tmp_path)
     assert [c["name"] for c in first] == ["token-1.0x", "K2-lam0.5-same_tokens", "K4-lam0.5-same_tokens"]
-    assert all(c["rest"] == ["--seq-length", "64"] and c["load"] is None for c in first)
+    # Every launch is `--save D --load D` (a fresh start for a new D, a resume otherwise).
+    runs = out / "runs"
+    assert all(c["rest"] == ["--seq-length", "64"] and c["load"] == str(runs / c["name"]) for c in first)
     md = (out / "results.md").read_text()
     assert "K2-lam0.5-same_tokens (unfinished)" in md and "| K4-lam0.5-same_tokens |" in md
     assert (out / "val_loss_vs_flops.png").read_bytes()[:8] == PNG_MAGIC
