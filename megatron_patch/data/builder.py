@@ -9,7 +9,9 @@ Megatron semantics: each prefix is split by documents in file order (split "969,
 first 96.9% train, ...); a blend with weights draws each split's samples from the components
 in proportion (each component builds 0.5% more than its share, as megatron-core does); a blend
 without weights is weighted by each component's tokens in that split. `train_range` selects a
-fraction of every component's train token stream, so two stages never see the same tokens.
+fraction of every component's train token stream, walked in a permutation of its documents
+seeded by `seed` (data/stream.py), so two stages never see the same tokens and both read the
+same distribution however the file is ordered.
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def split_token_counts(data_path: Sequence[str], split: str) -> tuple[int, int, 
 class _Component:
     """One prefix: its IndexedDataset and the segments each split (stage range) reads."""
 
-    def __init__(self, prefix: str, split: str, train_range: tuple[float, float]) -> None:
+    def __init__(self, prefix: str, split: str, train_range: tuple[float, float], seed: int) -> None:
         self.prefix = prefix
         self.indexed = _open(prefix)
         lengths = self.indexed.sequence_lengths
@@ -79,7 +81,7 @@ class _Component:
         for i, doc_range in enumerate(self.document_ranges):
             token_range = train_range if i == 0 else (0.0, 1.0)
             self.segments.append(
-                None if doc_range is None else select_segments(lengths, doc_range, token_range))
+                None if doc_range is None else select_segments(lengths, doc_range, token_range, seed))
 
     def tokens(self, split: int) -> int:
         segments = self.segments[split]
@@ -108,7 +110,9 @@ def _build_component(component: _Component, split: int, patch_size: int, num_pat
         "split": SPLIT_NAMES[split],
         "document_range": list(component.document_ranges[split]),
         "token_range": list(train_range) if split == 0 else [0.0, 1.0],
-        "segments": [segments.first_document, segments.head_offset, len(segments.lengths),
+        "document_order": ("file" if split or tuple(train_range) == (0.0, 1.0)
+                           else "permuted by seed"),
+        "segments": [int(segments.documents[0]), segments.head_offset, len(segments.lengths),
                      segments.num_tokens],
         "patch_size": patch_size,
         "seq_length": patch_size * num_patches,
@@ -181,7 +185,7 @@ def build_train_valid_test_datasets(
     prefixes, weights = parse_blend(data_path)
     if cache_dir is None:
         cache_dir = os.path.join(os.path.dirname(os.path.abspath(prefixes[0])), "index-cache")
-    components = [_Component(p, split, (low, high)) for p in prefixes]
+    components = [_Component(p, split, (low, high), seed) for p in prefixes]
 
     result: list[Optional[Dataset]] = []
     for i, wanted in enumerate(num_samples):
@@ -212,3 +216,21 @@ def build_train_valid_test_datasets(
         result.append(_blend(parts, part_weights, wanted, cache_dir))
     return result[0], result[1], result[2]
 
+
+
+def data_shares(dataset: Dataset) -> list[dict]:
+    """Where a stage's samples come from: per --data-path prefix (each JSON key of a
+    preprocessing run is its own prefix), its sample count, share of the stage's samples and the
+    tokens of the stage's range of it."""
+    if isinstance(dataset, BlendedPatchDataset):
+        parts = dataset.datasets
+        counts = np.bincount(dataset.dataset_index, minlength=len(parts)).tolist()
+    else:
+        parts, counts = [dataset], [len(dataset)]
+    total = max(sum(counts), 1)
+    shares = []
+    for part, count in zip(parts, counts):
+        shares.append({"prefix": part.indexed.path_prefix, "samples": int(count),
+                       "share": round(count / total, 6),
+                       "range_tokens": part.segments.num_tokens})
+    return shares

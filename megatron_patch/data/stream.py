@@ -2,9 +2,14 @@
 
 A split's documents (contiguous in file order, as Megatron splits them) form a token stream.
 A stage reads a fraction (a, b) of it: the patch stage (0, f), the token stage (f, 1), so the
-two see disjoint data and the token stage starts at the token where the patch stage stopped
-(a document may be split between them). The documents of the range are *segments*; every epoch
-shuffles them (seeded), samples are cut from the concatenation, then the samples are shuffled.
+two see disjoint data. The fraction is taken over the split's documents in a seeded
+permutation, not in file order: a .bin written domain by domain (or in date order) would
+otherwise give the patch stage one distribution and the token stage another. Every stage
+of a run permutes with the same seed, so the ranges stay disjoint and together cover the
+split (the document at a cut is split between the two stages). The full range (0, 1) reads
+the documents in file order, as GPTDataset does: its epochs are shuffled anyway.
+The documents of the range are *segments*; every epoch shuffles them (seeded), samples are
+cut from the concatenation, then the samples are shuffled.
 
 Document and shuffle indices follow megatron-core's GPTDataset exactly (same RandomState
 calls, same "separate final epoch" rule), generalised from 1 to K tokens: with K=1 and the
@@ -26,13 +31,13 @@ _SEPARATE_FINAL_EPOCH_THRESHOLD = 0.80
 
 @dataclass(frozen=True)
 class Segments:
-    """A contiguous token range of consecutive documents: segment k is document first_document+k.
+    """A token range over a sequence of documents: segment k is document documents[k].
 
     Only the edges can be partial: segment 0 starts `head_offset` tokens into its document, and
     the last segment may stop early; `lengths` are the tokens each segment contributes.
     """
 
-    first_document: int
+    documents: np.ndarray  # int64 document id of every segment
     head_offset: int
     lengths: np.ndarray  # int32
 
@@ -42,7 +47,11 @@ class Segments:
 
     def document_and_offset(self, segment: int) -> tuple[int, int]:
         """The document holding `segment`, and the offset in it where the segment starts."""
-        return self.first_document + segment, (self.head_offset if segment == 0 else 0)
+        return int(self.documents[segment]), (self.head_offset if segment == 0 else 0)
+
+    def tokens_by_document(self, num_documents: int) -> np.ndarray:
+        """int64 [num_documents]: tokens this range reads from each document of the file."""
+        return np.bincount(self.documents, weights=self.lengths, minlength=num_documents).astype(np.int64)
 
 
 def cut_point(fraction: float, num_tokens: int) -> int:
@@ -50,16 +59,31 @@ def cut_point(fraction: float, num_tokens: int) -> int:
     return num_tokens if fraction >= 1.0 else int(math.floor(fraction * num_tokens))
 
 
-def select_segments(sequence_lengths: np.ndarray, document_range: tuple[int, int],
-                    token_range: tuple[float, float] = (0.0, 1.0)) -> Segments:
-    """Segments of documents [begin, end) covering fraction token_range of their tokens."""
+def document_order(document_range: tuple[int, int], token_range: tuple[float, float],
+                   seed: int) -> np.ndarray:
+    """The order in which a stage range walks the split's documents (int64 ids).
+
+    A partial range walks a permutation seeded by `seed` alone (every stage of a run passes the
+    same one), so consecutive ranges cut one shuffled stream; the full range keeps file order.
+    """
     begin, end = document_range
-    lengths = np.asarray(sequence_lengths[begin:end], dtype=np.int32)
+    order = np.arange(begin, end, dtype=np.int64)
+    if tuple(token_range) != (0.0, 1.0):
+        np.random.RandomState(seed).shuffle(order)
+    return order
+
+
+def select_segments(sequence_lengths: np.ndarray, document_range: tuple[int, int],
+                    token_range: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> Segments:
+    """Segments covering fraction token_range of the tokens of documents [begin, end), walked
+    in `document_order` (file order for the full range, a seeded permutation otherwise)."""
+    documents = document_order(document_range, token_range, seed)
+    lengths = np.asarray(sequence_lengths, dtype=np.int32)[documents]
     ends = np.cumsum(lengths, dtype=np.int64)
     total = int(ends[-1]) if len(ends) else 0
     first, last = cut_point(token_range[0], total), cut_point(token_range[1], total)
     if last <= first:
-        return Segments(begin, 0, np.zeros(0, dtype=np.int32))
+        return Segments(documents[:0], 0, np.zeros(0, dtype=np.int32))
     # The full range keeps every document, empty ones included, so indices match GPTDataset's.
     d0 = 0 if first == 0 else int(np.searchsorted(ends, first, side="right"))
     d1 = len(lengths) - 1 if last == total else int(np.searchsorted(ends, last, side="left"))
@@ -67,7 +91,7 @@ def select_segments(sequence_lengths: np.ndarray, document_range: tuple[int, int
     selected = lengths[d0: d1 + 1].copy()
     selected[-1] = last - int(ends[d1] - lengths[d1])
     selected[0] -= head
-    return Segments(begin + d0, head, selected)
+    return Segments(documents[d0: d1 + 1].copy(), head, selected)
 
 
 @dataclass(frozen=True)

@@ -93,3 +93,11 @@ class StageData:
         self.valid = StepBatches(valid, eval_stage) if valid is not None else None
         self.epochs = float(getattr(train, "epochs", 1.0))
         """Passes over the stage's share of the data (above 1: it repeats)."""
+        self.sources = [] if cfg.data.mock_data else _shares(train)
+        """Per --data-path prefix: the stage's samples from it and their share."""
+
+
+def _shares(dataset) -> list:
+    from megatron_patch.data.builder import data_shares
+
+    return data_shares(dataset)

@@ -18,7 +18,7 @@ the weights of a patch's K targets (--patch-target-decay) and the dtype of the p
 "patch_k4", "patch_k2", each over its share of the data and handed over to the next in turn.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import List, Optional, Tuple
 
 from megatron_patch.config import validate_for
@@ -57,6 +57,8 @@ class Stage:
     """Target k of a patch weighs target_decay**k, normalised to average 1 (1: uniform)."""
     mean_dtype: str = "fp32"
     """Accumulation dtype of the K-token patch mean: "fp32" or "param"."""
+    lr_decay_iters: Optional[int] = None
+    """Steps the LR decays over (None: train_iters); afterwards it stays at min_lr."""
 
     @property
     def positions(self) -> int:
@@ -120,7 +122,8 @@ def plan_stages(cfg, data_parallel_size: int = 1) -> List[Stage]:
         data_tokens = fraction * n * t.global_batch_size * token_seq
         steps = max(1, round(data_tokens / (gbs * seq)))
         name = rundir.patch_stage_name(K, scheduled=len(phases) > 1)
-        stages.append(Stage(name, K, steps, gbs, t.micro_batch_size, seq, (start, min(start + fraction, 1.0)),
+        mbs = patch_micro_batch(t, name, gbs, data_parallel_size)
+        stages.append(Stage(name, K, steps, gbs, mbs, seq, (start, min(start + fraction, 1.0)),
                             o.lr_warmup_iters, patch_lr, patch_min_lr, carry and bool(stages),
                             t.patch_target_decay, t.patch_mean_dtype))
         start += fraction
@@ -130,9 +133,60 @@ def plan_stages(cfg, data_parallel_size: int = 1) -> List[Stage]:
         warmup = o.lr_warmup_iters if o.token_lr_warmup_iters is None else o.token_lr_warmup_iters
         stages.append(Stage("token", 1, token_steps, t.global_batch_size, t.micro_batch_size,
                             token_seq, (lam, 1.0), warmup, o.lr, o.min_lr, carry and bool(stages)))
+    stages = [replace(s, **lr_schedule(cfg, s, n)) for s in stages]
     for s in stages:
         check_stage(cfg, s, data_parallel_size)
     return stages
+
+
+def lr_schedule(cfg, stage: Stage, n: int) -> dict:
+    """A stage's warmup and decay steps under Megatron-LM's schedule flags (docs/design.md):
+    --lr-decay-iters/--lr-decay-samples are a share of the whole budget of n steps, and each stage
+    decays over that share of its own steps; --lr-warmup-fraction is a fraction of the stage's
+    decay; --lr-warmup-samples, like --lr-warmup-iters, is steps of every stage."""
+    o, t = cfg.optim, cfg.train
+    decay_budget = o.lr_decay_iters
+    if decay_budget is None and o.lr_decay_samples is not None:
+        decay_budget = o.lr_decay_samples / t.global_batch_size
+    decay = stage.train_iters if decay_budget is None else max(1, round(stage.train_iters * decay_budget / n))
+    warmup = stage.lr_warmup_iters
+    if not (stage.kind == "token" and o.token_lr_warmup_iters is not None):
+        if o.lr_warmup_fraction is not None:
+            warmup = round(o.lr_warmup_fraction * decay)
+        elif o.lr_warmup_samples is not None:
+            warmup = math.ceil(o.lr_warmup_samples / t.global_batch_size)
+    return {"lr_warmup_iters": warmup, "lr_decay_iters": decay}
+
+
+def patch_micro_batch(t, name: str, gbs: int, dp: int) -> int:
+    """The patch stage's micro-batch: --patch-micro-batch-size, or the token stage's lowered to
+    the largest divisor of the stage's sequences per step per data-parallel rank."""
+    if gbs % dp:
+        raise ValueError(
+            f"{name} stage: {gbs} sequences per step cannot be shared by {dp} data-parallel ranks. "
+            f"Use a --global-batch-size that is a multiple of {dp * gbs_ratio(t, gbs)} (the patch "
+            f"stage has 1/{gbs_ratio(t, gbs)} of the token stage's sequences per step), or "
+            "--patch-batch-policy same_sequences")
+    if t.patch_micro_batch_size is not None:
+        return t.patch_micro_batch_size  # check_stage says if it does not divide
+    per_rank = gbs // dp
+    return max(m for m in range(1, min(t.micro_batch_size, per_rank) + 1) if per_rank % m == 0)
+
+
+def gbs_ratio(t, gbs: int) -> int:
+    """How many token-stage sequences one patch-stage sequence replaces per step (K by default)."""
+    return max(1, t.global_batch_size // gbs)
+
+
+def micro_batch_notes(cfg, stages: List[Stage]) -> List[str]:
+    """One line per patch stage whose micro-batch was lowered automatically."""
+    t = cfg.train
+    if t.patch_micro_batch_size is not None:
+        return []
+    return [f"{s.name} stage: micro-batch {s.micro_batch_size} (--micro-batch-size {t.micro_batch_size} "
+            f"does not divide its {s.global_batch_size} sequences per step over the data-parallel "
+            "ranks; set --patch-micro-batch-size to choose)"
+            for s in stages if s.kind == "patch" and s.micro_batch_size != t.micro_batch_size]
 
 
 def ideal_ratio(cfg) -> float:
@@ -166,7 +220,14 @@ def check_stage(cfg, stage: Stage, dp: int) -> None:
         raise ValueError(
             f"{stage.name} stage: global batch of {stage.global_batch_size} sequences is not a "
             f"multiple of micro_batch_size x data-parallel size = {stage.micro_batch_size} x {dp}; "
-            "change --global-batch-size or --micro-batch-size"
+            + ("change --global-batch-size or --patch-micro-batch-size" if stage.kind == "patch"
+               else "change --global-batch-size or --micro-batch-size")
+        )
+    if stage.lr_decay_iters is not None and stage.lr_warmup_iters >= stage.lr_decay_iters < stage.train_iters:
+        raise ValueError(
+            f"the {stage.name} stage warms up for {stage.lr_warmup_iters} steps but decays over "
+            f"{stage.lr_decay_iters} (--lr-decay-iters/--lr-decay-samples, split by its share of "
+            "the budget); the warmup must be shorter than the decay"
         )
     if stage.lr_warmup_iters >= stage.train_iters:
         flag = "--token-lr-warmup-iters" if stage.kind == "token" and cfg.optim.token_lr_warmup_iters is not None \

@@ -36,7 +36,7 @@ from megatron_patch.training.flops import device_peak_tflops, flops_per_step
 from megatron_patch.training.metrics import MetricsLogger
 from megatron_patch.training.ownership import RunLock
 from megatron_patch.training.preemption import ExitPolicy, ExitRequested
-from megatron_patch.training.stages import Stage, eval_stage, plan_stages, stages_to_run
+from megatron_patch.training.stages import Stage, eval_stage, micro_batch_notes, plan_stages, stages_to_run
 from megatron_patch.training.step import train_step
 
 
@@ -61,6 +61,8 @@ class Trainer:
         try:
             self._claim(lock)
             self.logger.print("plan: " + "; ".join(s.describe() for s in self.plan))
+            for note in micro_batch_notes(self.cfg, self.plan):
+                self.logger.print(note)
             state = None
             to_run = stages_to_run(self.cfg, self.plan)
             for stage in to_run:
@@ -127,7 +129,8 @@ class Trainer:
         if state.step == 0:
             self.logger.write({"kind": "data", "stage": stage.name, "patch_size": stage.patch_size,
                                "step": 0, "samples": stage.train_iters * stage.global_batch_size,
-                               "epochs": data.epochs, **state.cumulative()})
+                               "epochs": data.epochs, "sources": data.sources,
+                               **state.cumulative()})
         evaluator = Evaluator(model, data.valid, cfg.train.eval_interval, self.logger)
         step_flops = flops_per_step(cfg.model, stage, cfg.parallel.tensor_model_parallel_size)
         peak = device_peak_tflops(self.dtype == torch.bfloat16)

@@ -105,20 +105,57 @@ def test_stages_read_disjoint_token_ranges(tmp_path):
 
     # Patch stage K=4 over (0, 2/3), token stage K=1 over (2/3, 1); ask for several epochs.
     patch, token = seen((0.0, 2 / 3), 400, 4), seen((2 / 3, 1.0), 1500, 1)
-    assert patch.max() < cut <= token.min() and token.max() < train_tokens
+    assert not np.intersect1d(patch, token).size and max(patch.max(), token.max()) < train_tokens
     # One epoch of each stage reads (nearly) its whole range: at most a sample's worth is left.
-    assert patch.min() == 0 and cut - len(patch) <= 9 * 4
-    assert train_tokens - cut - len(token) <= 9
+    assert cut - len(patch) <= 9 * 4 and train_tokens - cut - len(token) <= 9
+    # The ranges are cut from a permutation of the documents, not from file order.
+    assert patch.max() > cut and token.min() < cut
 
 
 def test_select_segments_splits_a_document_between_stages():
     lengths = np.array([5, 7, 0, 4], dtype=np.int32)
-    first = select_segments(lengths, (0, 4), (0.0, 0.5))  # 16 tokens: cut at 8, inside doc 1
-    second = select_segments(lengths, (0, 4), (0.5, 1.0))
-    assert (first.first_document, first.head_offset, first.lengths.tolist()) == (0, 0, [5, 3])
-    assert (second.first_document, second.head_offset, second.lengths.tolist()) == (1, 3, [4, 0, 4])
-    whole = select_segments(lengths, (1, 4))
-    assert (whole.first_document, whole.head_offset, whole.lengths.tolist()) == (1, 0, [7, 0, 4])
+    whole = select_segments(lengths, (1, 4))  # the full range: file order, empty documents kept
+    assert (whole.documents.tolist(), whole.head_offset, whole.lengths.tolist()) == ([1, 2, 3], 0, [7, 0, 4])
+    first = select_segments(lengths, (0, 4), (0.0, 0.5), seed=3)  # 16 tokens: cut at 8
+    second = select_segments(lengths, (0, 4), (0.5, 1.0), seed=3)
+    order = np.arange(4)
+    np.random.RandomState(3).shuffle(order)
+    walked = np.concatenate([np.full(lengths[d], d) for d in order])  # the permuted stream's owners
+    got = []
+    for part in (first, second):
+        for k, (document, length) in enumerate(zip(part.documents, part.lengths)):
+            start = part.head_offset if k == 0 else 0
+            got += [(int(document), start + i) for i in range(length)]
+    expected, seen_in = [], {}
+    for document in walked:
+        expected.append((int(document), seen_in.get(document, 0)))
+        seen_in[document] = seen_in.get(document, 0) + 1
+    assert got == expected and first.num_tokens == 8 and second.num_tokens == 8
+    # The cut splits one document between the stages: its head in the first, its tail in the second.
+    assert first.documents[-1] == second.documents[0] and second.head_offset == first.lengths[-1]
+
+
+def test_stages_read_every_domain_of_a_sorted_corpus(tmp_path):
+    """A .bin written domain by domain (prose, then code): each stage holds both domains in
+    about their overall shares, because the stage ranges are cut from a document permutation."""
+    rng = np.random.default_rng(7)
+    prose = [rng.integers(0, 500, rng.integers(10, 50)) for _ in range(1500)]
+    code = [rng.integers(500, 1000, rng.integers(10, 50)) for _ in range(1000)]
+    prefix = write_indexed(str(tmp_path / "sorted"), prose + code, dtype=np.int32)
+    train_docs = (prose + code)[:int(round(0.95 * 2500))]  # split "95,5,0": the first 95% of documents
+    overall = sum(len(d) for d in train_docs[1500:]) / sum(len(d) for d in train_docs)
+    train_tokens = sum(len(d) for d in train_docs)
+
+    def code_share(train_range, k):
+        samples = int((train_range[1] - train_range[0]) * train_tokens) // (16 * k) - 2  # ~1 epoch
+        train, _, _ = build_train_valid_test_datasets(
+            [prefix], "95,5,0", k, 16 * k, (samples, 0, 0), seed=11, train_range=train_range,
+            cache_dir=str(tmp_path / "cache"))
+        tokens = np.concatenate([train[i]["tokens"].numpy() for i in range(len(train))])
+        return float((tokens >= 500).mean())
+
+    for train_range, k in (((0.0, 2 / 3), 4), ((2 / 3, 1.0), 1)):
+        assert abs(code_share(train_range, k) - overall) < 0.03, (train_range, overall)
 
 
 def test_blend_follows_weights(tmp_path):

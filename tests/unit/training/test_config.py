@@ -130,7 +130,7 @@ def test_stage_plan_budget():
     cfg = parse_config([*base, "--train-tokens", "5000"])
     (only,) = plan_stages(cfg, 2)
     assert (only.name, only.train_iters, only.train_range) == ("token", 10, (0.0, 1.0))
-    with pytest.raises(ValueError, match="micro_batch_size x data-parallel"):
+    with pytest.raises(ValueError, match="cannot be shared by 2 data-parallel ranks"):
         plan_stages(parse_config([*base, "--train-iters", "30", "--patch-size", "8",
                                   "--patch-fraction", "0.5"]), 2)
 
