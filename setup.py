@@ -47,7 +47,7 @@ setup(
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
-        "hf": ["transformers", "safetensors", "tokenizers"],
+        "hf": ["transformers", "safetensors", "tokenizers", "protobuf"],
         "dashboards": ["tensorboard", "wandb"],
         "dev": ["pytest", "pybind11>=2.12"],
     },

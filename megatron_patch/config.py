@@ -57,6 +57,10 @@ class ModelConfig:
     default (Megatron-LM's default ties them)."""
     init_method_std: float = 0.02
     """Standard deviation of the normal weight initialisation."""
+    output_proj_init: str = field(default="scaled", metadata=flag(
+        "--output-proj-init", choices=("scaled", "plain")))
+    """Init of every layer's output projections (attention out, MLP down): scaled, megatron-core's
+    std/sqrt(2*layers), or plain, std as every other weight (Hugging Face Llama's init)."""
     attention_dropout: float = 0.0
     """Dropout on attention probabilities (the paper: none)."""
     hidden_dropout: float = 0.0
@@ -131,6 +135,7 @@ class ModelConfig:
     def transformer_config(self, parallel: "ParallelConfig", params_dtype=torch.float32):
         """The megatron-core TransformerConfig for this architecture and layout."""
         from megatron.core.transformer.transformer_config import TransformerConfig
+        from megatron.core.utils import init_method_normal
 
         from megatron_patch.layers.spec import kernel_fusions
 
@@ -151,6 +156,8 @@ class ModelConfig:
             hidden_dropout=self.hidden_dropout,
             attention_dropout=self.attention_dropout,
             init_method_std=self.init_method_std,
+            output_layer_init_method=(init_method_normal(self.init_method_std)
+                                      if self.output_proj_init == "plain" else None),
             tensor_model_parallel_size=parallel.tensor_model_parallel_size,
             pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
@@ -159,7 +166,7 @@ class ModelConfig:
             pipeline_dtype=params_dtype,
             bf16=bf16,
             autocast_dtype=params_dtype if bf16 else None,
-            use_cpu_initialization=parallel.use_cpu_initialization,
+            use_cpu_initialization=parallel.cpu_initialization(),
             recompute_granularity=self.recompute_granularity,
             recompute_method=self.recompute_method,
             recompute_num_layers=self.recompute_num_layers,
@@ -181,14 +188,28 @@ class ParallelConfig:
     """Model chunks per pipeline rank for the interleaved schedule (None = 1F1B)."""
     sequence_parallel: bool = False
     """Split norms/dropout activations along the sequence across TP (needs an SP-capable norm)."""
-    use_cpu_initialization: bool = True
-    """Initialise full weights on CPU then slice: identical weights at every TP size."""
+    use_cpu_initialization: Optional[bool] = None
+    """Initialise every full weight on the CPU, then keep this rank's slice (as Megatron-LM's flag):
+    identical weights at every TP size, but each rank builds the whole model in host memory and
+    the init is single-threaded. None (the default): on the device, megatron-core's default, on a
+    GPU (each rank initialises its own slice there, seeded per TP rank), on the CPU on a CPU."""
+    grad_reduce_in_bf16: bool = False
+    """Accumulate and reduce gradients in bf16 under --bf16 (half the traffic, less precise);
+    by default in fp32, as Megatron-LM does under bf16."""
     overlap_grad_reduce: bool = False
     """Overlap the data-parallel gradient reduce-scatter/all-reduce with the backward pass."""
     overlap_param_gather: bool = False
     """Overlap the DistributedOptimizer's parameter all-gather with the forward pass."""
     distributed_timeout_minutes: int = 10
     """Timeout of collectives (torch.distributed init_process_group)."""
+
+    def cpu_initialization(self) -> bool:
+        """Whether weights are initialised on the CPU: the flag, or by default only without a GPU."""
+        if self.use_cpu_initialization is not None:
+            return self.use_cpu_initialization
+        from megatron_patch import device
+
+        return not device.on_gpu()
 
     def __post_init__(self):
         if self.tensor_model_parallel_size < 1 or self.pipeline_model_parallel_size < 1:

@@ -3,10 +3,11 @@
 Every writer of the package goes through here (checkpoint pointers, metrics, reports, data files,
 exports), so a crash or a kill never leaves a half-written file that looks finished:
 
-    with atomic_path("out/report.csv") as tmp:     # any writer: np.save, savefig, a C++ tool
+    with atomic_path("out/report.csv") as tmp:     # any writer: savefig, a C++ tool
         write_something(tmp)
     write_text("out/summary.md", text)
     write_json("out/result.json", obj)
+    save_array("out/index.npy", array)            # NumPy .npy, readable with mmap_mode
     with atomic_dir("out/hf_model") as tmp_dir:    # a whole directory, swapped in at the end
         ...
 
@@ -111,6 +112,14 @@ def write_lines(path: str, lines) -> None:
 
 def write_json(path: str, obj, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def save_array(path: str, array) -> None:
+    """A NumPy array as .npy at `path` (no pickled objects: safe to np.load and memory-map)."""
+    import numpy as np
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.asarray(array), allow_pickle=False)
 
 
 def save_figure(fig, path: str, dpi: int = 120) -> None:

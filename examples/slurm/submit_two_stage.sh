@@ -13,7 +13,12 @@
 #   SAVE=/ckpt/370m_k4 \
 #   bash examples/slurm/submit_two_stage.sh
 #
-# Extra sbatch options (account, partition, qos) go in SBATCH_EXTRA, e.g. "--account=abc -p gpu".
+# What each stage job asks for: NODES (2) nodes, GPUS_PER_NODE (8) GPUs per node, and runs
+# PROCS_PER_NODE training processes per node (default: GPUS_PER_NODE, or 1 when it is 0).
+# GPUS_PER_NODE=0 is a CPU cluster: no GPU is requested and training runs with gloo.
+# CPUS_PER_TASK (empty: the cluster's default) -> --cpus-per-task; EXCLUSIVE=1 (the default)
+# -> --exclusive (whole nodes), EXCLUSIVE=0 shares nodes.
+# Extra sbatch options (account, partition, qos, time) go in SBATCH_EXTRA, e.g. "--account=abc -p gpu".
 # The jobs' logs go to LOG_DIR (default $SAVE.logs, beside the run directory: a first launch
 # with --load SAVE wants SAVE empty or holding a run).
 # DRY_RUN=1 prints the sbatch commands instead of submitting.
@@ -23,11 +28,25 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=${REPO:-$(cd "$HERE/../.." && pwd)}
 NODES=${NODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+PROCS_PER_NODE=${PROCS_PER_NODE:-$(( GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1 ))}
+CPUS_PER_TASK=${CPUS_PER_TASK:-}
+EXCLUSIVE=${EXCLUSIVE:-1}
 CONFIG=${CONFIG-examples/configs/370m.yaml}
 : "${DATA_PATH:?set DATA_PATH}" "${TOKENIZER:?set TOKENIZER}" "${SAVE:?set SAVE}"
 LOG_DIR=${LOG_DIR:-$SAVE.logs}
-export REPO NODES GPUS_PER_NODE CONFIG
+export REPO NODES GPUS_PER_NODE PROCS_PER_NODE CONFIG
 read -r -a EXTRA <<< "${SBATCH_EXTRA:-}"
+STAGE_OPTS=(--nodes="$NODES")           # the two training jobs
+CONVERT_OPTS=()                         # the hand-over: one process, CPU only
+if (( GPUS_PER_NODE > 0 )); then STAGE_OPTS+=(--gpus-per-node="$GPUS_PER_NODE"); fi
+if [[ -n "$CPUS_PER_TASK" ]]; then
+    STAGE_OPTS+=(--cpus-per-task="$CPUS_PER_TASK"); CONVERT_OPTS+=(--cpus-per-task="$CPUS_PER_TASK")
+fi
+case "$EXCLUSIVE" in
+    1) STAGE_OPTS+=(--exclusive) ;;
+    0) ;;
+    *) echo "EXCLUSIVE=$EXCLUSIVE: use 1 (whole nodes) or 0 (share nodes)" >&2; exit 2 ;;
+esac
 cd "$REPO"
 
 if [[ -n "$CONFIG" && ! -f "$CONFIG" ]]; then
@@ -51,12 +70,13 @@ submit() {  # submit [sbatch options...] SCRIPT -> prints the job id
     fi
 }
 
+# A job whose dependency failed is cancelled (reason DependencyNeverSatisfied) rather than left
+# pending forever; resubmitting this script continues the run from its checkpoints.
 mkdir -p "$SAVE" "$LOG_DIR"
-PATCH_JOB=$(submit --nodes="$NODES" --gpus-per-node="$GPUS_PER_NODE" \
-    --output="$LOG_DIR/slurm-patch-%j.out" "$HERE/patch_stage.sbatch")
-CONVERT_JOB=$(submit --dependency="afterok:$PATCH_JOB" \
+PATCH_JOB=$(submit "${STAGE_OPTS[@]}" --output="$LOG_DIR/slurm-patch-%j.out" "$HERE/patch_stage.sbatch")
+CONVERT_JOB=$(submit --dependency="afterok:$PATCH_JOB" --kill-on-invalid-dep=yes "${CONVERT_OPTS[@]}" \
     --output="$LOG_DIR/slurm-convert-%j.out" "$HERE/convert.sbatch")
-TOKEN_JOB=$(submit --dependency="afterok:$CONVERT_JOB" --nodes="$NODES" --gpus-per-node="$GPUS_PER_NODE" \
+TOKEN_JOB=$(submit --dependency="afterok:$CONVERT_JOB" --kill-on-invalid-dep=yes "${STAGE_OPTS[@]}" \
     --output="$LOG_DIR/slurm-token-%j.out" "$HERE/token_stage.sbatch")
 echo "submitted: patch stage $PATCH_JOB -> convert $CONVERT_JOB -> token stage $TOKEN_JOB"
 echo "logs in $LOG_DIR/slurm-*.out; metrics in $SAVE/metrics.jsonl; cancel all: scancel $PATCH_JOB $CONVERT_JOB $TOKEN_JOB"

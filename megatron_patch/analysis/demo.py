@@ -12,13 +12,18 @@ Each run directory holds the trainer's records (training/metrics.py, training/ru
 A held-out evaluation (tools/evaluate.py's JSON: "val_loss"/"loss" and "val_ppl"/"ppl") is shown
 beside the run's own final validation loss, and the plot marks it with a star at the run's total
 compute. The first run is the reference: "compute" is each run's FLOPs relative to it.
+
+The transfer of a patch run (`transfer(rows, alone, patch)`): the loss of its transfer control
+(its token stage alone, from a fresh init: tools/pretrain.py with the patch run's flags plus
+`--stage token --handover-reinit all`) minus its own, on the held-out evaluation when both have
+one, else on the runs' own validation. Positive: the patch stage helped the token stage.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from megatron_patch.io import save_figure, write_json
 from megatron_patch.training import rundir
@@ -185,20 +190,44 @@ def plot(rows: List[dict], path: str) -> None:
         plt.close(fig)
 
 
-def summary(rows: List[dict]) -> dict:
-    """What summary.json holds: every row with its compute relative to the first, and the table."""
+def transfer(rows: List[dict], alone: str, patch: str) -> dict:
+    """{"alone", "patch", "source", "alone_loss", "patch_loss", "transfer_nats"}: loss(alone) -
+    loss(patch), on the held-out evaluation when both runs have one, else the runs' own."""
+    by = {r["name"]: r for r in rows}
+    missing = [n for n in (alone, patch) if n not in by]
+    if missing:
+        raise ReportError(f"--transfer names unknown run(s) {missing}; runs are {list(by)}")
+    a, p = by[alone], by[patch]
+    held = a["val_source"] == p["val_source"] == "held-out"
+    key = "val_loss" if held else "run_val_loss"
+    if a[key] is None or p[key] is None:
+        raise ReportError(f"--transfer {alone}={patch}: a run has no validation loss")
+    return {"alone": alone, "patch": patch, "source": "held-out" if held else "run",
+            "alone_loss": a[key], "patch_loss": p[key], "transfer_nats": a[key] - p[key]}
+
+
+def format_transfer(t: dict) -> str:
+    return (f"transfer of {t['patch']}: {t['alone']} {t['alone_loss']:.3f} - {t['patch']} "
+            f"{t['patch_loss']:.3f} = {t['transfer_nats']:+.3f} nats ({t['source']} loss; > 0: the "
+            "patch stage helped the token stage, < 0: the token stage alone from a fresh init did better)")
+
+
+def summary(rows: List[dict], transfers: Sequence[dict] = ()) -> dict:
+    """What summary.json holds: every row with its compute relative to the first, the table,
+    and the transfers."""
     ref = rows[0]["total_flops"] or 1.0
     return {
         "reference": rows[0]["name"],
         "runs": [{**{k: v for k, v in r.items() if k != "curve"}, "relative_compute": r["total_flops"] / ref,
                   "eval_curve": r["curve"]} for r in rows],
         "table": format_table(rows),
+        "transfer": list(transfers),
     }
 
 
-def write_summary(rows: List[dict], out_dir: str) -> str:
+def write_summary(rows: List[dict], out_dir: str, transfers: Sequence[dict] = ()) -> str:
     path = str(Path(out_dir) / SUMMARY)
-    write_json(path, summary(rows))
+    write_json(path, summary(rows, transfers))
     return path
 
 

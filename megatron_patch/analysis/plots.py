@@ -1,8 +1,12 @@
-"""Study plots: validation loss against training FLOPs, final loss against K and lambda, and
-final loss of each recipe-knob setting against the centre's."""
+"""Study plots: validation loss against training FLOPs, final loss against K and lambda, final
+loss of each recipe-knob setting against the centre's, and the regime map (transfer and the gap
+to the equal-compute control against tokens per parameter, one line per model size).
+
+Imports matplotlib at import time: `study` and `regime` import this module only when they draw."""
+import math
 import os
 from collections import defaultdict
-from typing import List
+from typing import List, Optional
 
 import matplotlib
 
@@ -13,6 +17,7 @@ from megatron_patch.analysis.results import eval_curve  # noqa: E402
 from megatron_patch.io import save_figure  # noqa: E402
 
 FLOPS_PLOT = "val_loss_vs_flops.png"
+REGIME_PLOT = "regime.png"
 K_LAMBDA_PLOT = "val_loss_vs_K_lambda.png"
 KNOBS_PLOT = "val_loss_by_knob.png"
 
@@ -34,6 +39,8 @@ def plot_loss_vs_flops(rows: List[dict], runs_dir: str, path: str) -> bool:
             continue
         if r["kind"] == "token":
             style = dict(linestyle=next(control_styles), color="black")
+        elif r["kind"] == "alone":  # a transfer control: the token stage alone, from a fresh init
+            style = dict(linestyle=(0, (1, 1)), marker="x", ms=3)
         else:
             style = dict(marker="o" if r["batch_policy"] == "same_tokens" else "s", ms=3)
         (line,) = ax.plot(xs, ys, label=r["name"], **style)
@@ -123,6 +130,56 @@ def plot_knobs(rows: List[dict], path: str) -> bool:
     ax.set_xlabel("final token-level validation loss (blue: centre, orange: one knob changed, "
                   "gray: another seed; dashed: token-only controls)")
     ax.grid(True, axis="x", alpha=0.3)
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_regime(points: List[dict], path: str, fits: Optional[dict] = None) -> bool:
+    """Left: transfer_nats, right: the gap to the equal-compute control (nats; < 0: patch+token
+    is better), both against tokens per parameter (log x), one line per model size (`points`:
+    regime.regime_rows); `fits`: {(size, metric): regime.fit_line result} drawn dashed. False
+    when there is nothing to draw."""
+    metrics = (("transfer_nats", "transfer (nats): loss(token stage alone) - loss(patch+token)"),
+               ("gap_nats", "gap (nats): loss(patch+token) - loss(token-only, equal compute)"))
+    if not any(p.get(m) is not None for p in points for m, _ in metrics):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    sizes = []
+    for p in points:
+        if p["size"] not in sizes:
+            sizes.append(p["size"])
+    colors = {s: f"C{i % 10}" for i, s in enumerate(sizes)}
+    for ax, (metric, label) in zip(axes, metrics):
+        for size in sizes:
+            pts = sorted((p for p in points if p["size"] == size and p.get(metric) is not None),
+                         key=lambda p: p["tokens_per_param"])
+            if not pts:
+                continue
+            xs = [p["tokens_per_param"] for p in pts]
+            ys = [p[metric] for p in pts]
+            errs = [p.get(metric + "_std") or 0.0 for p in pts]
+            ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker="o", ms=4, capsize=3,
+                        color=colors[size], label=f"{size} ({pts[0]['params_used'] / 1e6:.2g}M "
+                        f"{pts[0].get('param_count', 'non_embedding').replace('_', '-')} params)")
+            fit = (fits or {}).get((size, metric))
+            if fit:
+                lo, hi = min(xs), max(xs)
+                cross = fit.get("crossing_tpp")  # extended to the zero crossing when it is near
+                if cross and lo / 100 <= cross <= hi * 100:
+                    lo, hi = min(lo, cross), max(hi, cross)
+                grid = [lo * (hi / lo) ** (i / 50) for i in range(51)]
+                ax.plot(grid, [fit["intercept"] + fit["slope"] * math.log10(x) for x in grid],
+                        linestyle="--", linewidth=1, color=colors[size])
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens per parameter")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_title("transfer: > 0 when the patch stage helped")
+    axes[1].set_title("against token-only of equal compute: < 0 when patch+token pays")
+    fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
     return True

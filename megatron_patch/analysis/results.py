@@ -7,8 +7,14 @@ Inputs per run (the trainer's metrics contract):
   "val_loss" with the run's cumulative "tokens" and "flops" at that point.
 
 The recipe knobs of a run (K schedule, patch-stage learning rates, token-stage warmup,
-optimizer hand-over, target decay, patch-mean dtype, seed) are columns: the value the grid
-passed, else, for a finished patch run, the value its compute.json `recipe` records.
+optimizer hand-over, target decay, patch-mean dtype, the hand-over variants, LR schedule scope,
+output-projection init, seed) are columns: the value the grid passed, else, for a finished patch
+run, the value its compute.json `recipe` records.
+
+The transfer of a patch run: `transfer_nats` = final val loss of its transfer control (the
+token stage alone from a fresh init, kind "alone") - its own. Positive: the patch stage helped
+the token stage. The gap to the equal-compute token-only control stays beside it
+(`delta_vs_equal_compute`).
 
 Compute is compared in FLOPs: `compute_x` is a run's total FLOPs over those of the token-only
 run on the full budget (the 1.0x control when it finished, else the token-only FLOPs the
@@ -21,7 +27,7 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from megatron_patch.analysis.study import KNOB_FIELDS, RunSpec
+from megatron_patch.analysis.grid import KNOB_FIELDS, RunSpec, axis_fields, transfer_controls_of
 from megatron_patch.training import rundir
 from megatron_patch.training.metrics import read_metrics
 
@@ -30,7 +36,8 @@ KNOB_COLUMNS = KNOB_FIELDS + ("seed",)
 # Knobs whose configured value compute.json records (`recipe`): a run that left the flag out
 # shows the value it trained with.
 RECORDED_KNOBS = ("patch_lr", "patch_min_lr", "token_lr_warmup_iters", "handover_optimizer",
-                  "patch_target_decay", "patch_mean_dtype")
+                  "patch_target_decay", "patch_mean_dtype", "handover_reinit", "handover_shrink",
+                  "handover_perturb", "lr_schedule_scope", "output_proj_init")
 
 COLUMNS = [
     # (key, CSV/Markdown header, Markdown format)
@@ -47,6 +54,11 @@ COLUMNS = [
     ("handover_optimizer", "hand-over optim", "{}"),
     ("patch_target_decay", "target decay", "{:g}"),
     ("patch_mean_dtype", "patch mean", "{}"),
+    ("handover_reinit", "re-init", "{}"),
+    ("handover_shrink", "shrink", "{:g}"),
+    ("handover_perturb", "perturb", "{:g}"),
+    ("lr_schedule_scope", "LR schedule", "{}"),
+    ("output_proj_init", "out-proj init", "{}"),
     ("seed", "seed", "{}"),
     ("train_tokens", "budget tokens", "{:,}"),
     ("patch_steps", "patch steps", "{}"),
@@ -61,6 +73,8 @@ COLUMNS = [
     ("equal_compute_control", "equal-compute control", "{}"),
     ("delta_vs_equal_compute", "dloss vs it", "{:+.4f}"),
     ("ppl_vs_equal_compute", "ppl vs it", "{:+.1%}"),
+    ("transfer_control", "token stage alone", "{}"),
+    ("transfer_nats", "transfer nats", "{:+.4f}"),
     ("patch_stage_val_loss", "val loss after patch stage", "{:.4f}"),
     ("wall_s", "train wall s", "{:.1f}"),
 ]
@@ -140,6 +154,7 @@ def _last_patch_stage_eval(run_dir: str) -> Optional[float]:
 def collect(specs: Sequence[RunSpec], runs_dir: str) -> List[dict]:
     """Rows for every spec: finished runs with their numbers, the others with their status."""
     rows = []
+    controls = transfer_controls_of(specs)
     for spec in specs:
         run_dir = os.path.join(runs_dir, spec.name)
         if rundir.is_finished(run_dir):
@@ -147,6 +162,8 @@ def collect(specs: Sequence[RunSpec], runs_dir: str) -> List[dict]:
         else:
             status = "unfinished" if os.path.isdir(run_dir) else "not run"
             rows.append({**spec.to_dict(), "status": status})
+        if spec.name in controls:
+            rows[-1]["transfer_control"] = controls[spec.name]
     add_comparisons(rows)
     return rows
 
@@ -171,6 +188,8 @@ def add_comparisons(rows: List[dict]) -> None:
         r["compute_x"] = r["total_flops"] / ref if ref else None
         if r["kind"] == "token" and r.get("ideal_ratio") is None:
             r["ideal_ratio"] = 1.0
+        if r["kind"] == "alone":  # the token stage only (compute.json has the whole recipe's ideal)
+            r["ideal_ratio"] = 1.0 - min(float(r["patch_fraction"]), 1.0)
         loss = r["final_val_loss"]
         if full is not None and r is not full and loss is not None:
             r["delta_vs_full"] = loss - full["final_val_loss"]
@@ -182,6 +201,19 @@ def add_comparisons(rows: List[dict]) -> None:
             r["delta_vs_equal_compute"] = loss - best["final_val_loss"]
             # The issue's yardstick: validation perplexity relative to the control (-5% = 5% better).
             r["ppl_vs_equal_compute"] = math.exp(r["delta_vs_equal_compute"]) - 1.0
+    add_transfer(rows)
+
+
+def add_transfer(rows: List[dict]) -> None:
+    """transfer_nats of each finished patch run whose transfer control finished: loss(alone) -
+    loss(patch+token); positive: the patch stage helped."""
+    alone = {r["name"]: r for r in rows if r["kind"] == "alone" and r["status"] == "finished"
+             and r.get("final_val_loss") is not None}
+    for r in rows:
+        control = alone.get(r.get("transfer_control"))
+        if r["kind"] == "patch" and r["status"] == "finished" and control is not None \
+                and r.get("final_val_loss") is not None:
+            r["transfer_nats"] = control["final_val_loss"] - r["final_val_loss"]
 
 
 def _fmt(value, fmt: str) -> str:
@@ -193,7 +225,12 @@ def _fmt(value, fmt: str) -> str:
         return str(value)
 
 
-CSV_FIELDS = [k for k, _, _ in COLUMNS] + ["token_only_flops", "ratio", "budget_fraction", "varies", "status"]
+# Columns added since results.csv was first read by other tools go last: the older ones keep their places.
+NEW_CSV_FIELDS = ["handover_reinit", "handover_shrink", "handover_perturb", "lr_schedule_scope",
+                  "output_proj_init", "transfer_control", "transfer_nats", "transfer_of"]
+CSV_FIELDS = ([k for k, _, _ in COLUMNS if k not in NEW_CSV_FIELDS]
+              + ["token_only_flops", "ratio", "budget_fraction", "varies", "status"] + NEW_CSV_FIELDS)
+TRANSFER_COLUMNS = ("transfer_control", "transfer_nats")
 
 
 def to_csv(rows: List[dict]) -> str:
@@ -207,11 +244,13 @@ def to_csv(rows: List[dict]) -> str:
 
 def markdown_columns(rows: List[dict]) -> list:
     """COLUMNS without the knob columns that no run of the grid sets (the paper's recipe)."""
-    grid_sets = {k for r in rows for k in KNOB_COLUMNS if r.get("varies") == k or
+    grid_sets = {k for r in rows for k in KNOB_COLUMNS if k in axis_fields(r.get("varies")) or
                  (r.get("kind") == "patch" and r.get(k) is not None and k not in RECORDED_KNOBS)}
     done = [r for r in rows if r.get("kind") == "patch" and r["status"] == "finished"]
     varied = {k for k in KNOB_COLUMNS if len({str(r[k]) for r in done if r.get(k) is not None}) > 1}
-    return [c for c in COLUMNS if c[0] not in KNOB_COLUMNS or c[0] in grid_sets | varied]
+    transfer = set(TRANSFER_COLUMNS) if any(r.get("transfer_control") for r in rows) else set()
+    return [c for c in COLUMNS if (c[0] not in KNOB_COLUMNS or c[0] in grid_sets | varied)
+            and (c[0] not in TRANSFER_COLUMNS or c[0] in transfer)]
 
 
 def markdown_table(rows: List[dict]) -> str:
@@ -232,6 +271,11 @@ def to_markdown(rows: List[dict], setup: Dict[str, str], plots: Sequence[str] = 
             "`compute x` = the run's training FLOPs / those of token-only training on the full "
             "budget; `ideal x` = lambda/K + (1 - lambda). `dloss` < 0: lower validation loss "
             "than that token-only control.", ""]
+    if any(r.get("transfer_control") for r in rows):
+        out += ["A run of kind `alone` is the transfer control of a patch run: its token stage alone "
+                "(the same data slice, steps, batch, LR schedule and warmup) from a fresh init. "
+                "`transfer nats` = val loss of that control - val loss of the patch run: > 0 when "
+                "the patch stage helped the token stage.", ""]
     if any(r["status"] == "finished" for r in rows):
         out.append(markdown_table(rows))
     else:

@@ -16,10 +16,10 @@ only measures -- and "seconds"):
 - `speed`: forward+backward of the 370M preset in bf16 at T positions, K=1 and K=4 (same T, so
   K=4 consumes 4x the tokens): tokens/s, model TFLOP/s counted as Megatron-LM counts them
   (`megatron_lm_flops`), MFU against the bf16 dense peak, peak memory, the K=4/K=1 ratio.
-- `training`: the real trainer (tools/pretrain.py's `main`) on a mock .bin/.idx corpus, K=4 then
-  K=1, 50 steps: bf16 uninterrupted; bf16 stopped mid-stage by --exit-interval (which saves a
-  checkpoint) and relaunched with --load (must reproduce the uninterrupted losses); fp32 (bf16
-  must track it within 3%, step for step).
+- `training`: the real trainer (the training API tools/pretrain.py calls: `resolve`, `Trainer`)
+  on a mock .bin/.idx corpus, K=4 then K=1, 50 steps: bf16 uninterrupted; bf16 stopped mid-stage
+  by --exit-interval (which saves a checkpoint) and relaunched with --load (must reproduce the
+  uninterrupted losses); fp32 (bf16 must track it within 3%, step for step).
 
 `run_all` runs every part, catching a failing part's exception into its result so one run on a
 rented GPU reports everything it can; `megatron_patch.cli.gpu_check` prints it as a table.
@@ -395,11 +395,27 @@ def _max_rel(a: Dict[str, float], b: Dict[str, float]) -> float:
     return max(abs(a[k] - b[k]) / abs(b[k]) for k in b)
 
 
+def _launch_trainer(argv: list) -> int:
+    """One launch through the training API that tools/pretrain.py calls, in this process: 0 when
+    every stage finished, preemption's EXIT_CODE when it stopped early on purpose (after saving).
+    Other errors raise. Each launch sets up its own process groups and tears them down."""
+    from megatron_patch import distributed
+    from megatron_patch.training import Trainer, parse_config, resolve
+    from megatron_patch.training.preemption import EXIT_CODE, ExitRequested
+
+    try:
+        Trainer(resolve(parse_config(argv))).train()
+        return 0
+    except ExitRequested:
+        return EXIT_CODE
+    finally:
+        distributed.destroy()
+
+
 def training(sizes: Sizes, workdir: str) -> dict:
-    """The trainer on mock data, launched as `tools/pretrain.py` is (its `main`, in this
-    process): bf16 uninterrupted (A); bf16 stopped by --exit-interval mid-stage, which saves a
-    checkpoint, then relaunched with --load (B); fp32 (C)."""
-    from megatron_patch.cli.pretrain import main as pretrain
+    """The trainer on mock data, launched as `tools/pretrain.py` launches it (parse_config,
+    resolve, Trainer.train, in this process): bf16 uninterrupted (A); bf16 stopped by
+    --exit-interval mid-stage, which saves a checkpoint, then relaunched with --load (B); fp32 (C)."""
     from megatron_patch.training.preemption import EXIT_CODE
 
     t0 = time.perf_counter()
@@ -414,7 +430,7 @@ def training(sizes: Sizes, workdir: str) -> dict:
         start = time.perf_counter()
         tee = _Tee(sys.stdout)
         with contextlib.redirect_stdout(tee):
-            codes[name] = pretrain(_train_flags(sizes, prefix, tok, save, dtype) + list(extra))
+            codes[name] = _launch_trainer(_train_flags(sizes, prefix, tok, save, dtype) + list(extra))
         logs[name] = tee.text()
         seconds[name] = time.perf_counter() - start
 

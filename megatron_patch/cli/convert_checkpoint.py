@@ -48,6 +48,10 @@ def _convert(args) -> str:
         raise ValueError("--from hf writes a release checkpoint of this product; drop --to hf")
     if args.source is None and args.to is None:
         raise ValueError("give --to token|hf (or --from hf to import a Hugging Face model)")
+    if args.source == "hf" or args.to == "hf":
+        from megatron_patch.export.hf import check_installed
+
+        check_installed(export=args.to == "hf")
     expect = expected_model(args.config, args.tokenizer_model) if args.config else None
     parallel = ParallelConfig()
     distributed.initialize(parallel)

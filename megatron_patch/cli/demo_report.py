@@ -6,7 +6,10 @@ of validation loss against compute. The last step of examples/demo.sh.
     # -> runs/demo/summary.json, runs/demo/val_loss_vs_compute.png, the table on stdout
 
 `--eval NAME=FILE` adds a held-out evaluation of run NAME (tools/evaluate.py's JSON). The first
-run is the reference: "compute" is each run's FLOPs relative to it. What is read and how:
+run is the reference: "compute" is each run's FLOPs relative to it. `--transfer ALONE=PATCH`
+prints the transfer of patch run PATCH: the loss of run ALONE (its token stage alone from a fresh
+init: the patch run's flags plus `--stage token --handover-reinit all`) minus its own, in nats
+(> 0: the patch stage helped), and adds it to summary.json. What is read and how:
 megatron_patch/analysis/demo.py.
 """
 from __future__ import annotations
@@ -26,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run directory (repeat; the first is the reference for relative compute)")
     p.add_argument("--eval", action="append", default=[], metavar="NAME=FILE",
                    help="held-out evaluation JSON of run NAME (tools/evaluate.py output)")
+    p.add_argument("--transfer", action="append", default=[], metavar="ALONE=PATCH",
+                   help="transfer of run PATCH: loss(ALONE) - loss(PATCH), ALONE being its token stage "
+                   "alone from a fresh init (repeat for several)")
     p.add_argument("--out", required=True, help="writes summary.json and val_loss_vs_compute.png here")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     return p
@@ -45,11 +51,15 @@ def main(argv=None) -> int:
                 raise demo.ReportError(f"--eval {name}={path}: file not found")
             held[name] = json.loads(Path(path).read_text())
         rows = [demo.summarize_run(name, d, held.get(name)) for name, d in runs.items()]
+        transfers = [demo.transfer(rows, alone, patch)
+                     for alone, patch in demo.pairs(args.transfer, "--transfer").items()]
     except (demo.ReportError, json.JSONDecodeError) as e:
         print(f"demo_report.py: error: {e}", file=sys.stderr)
         return 1
     print(demo.format_table(rows))
-    print(f"wrote {demo.write_summary(rows, args.out)}")
+    for t in transfers:
+        print(demo.format_transfer(t))
+    print(f"wrote {demo.write_summary(rows, args.out, transfers)}")
     if not args.no_plot:
         path = Path(args.out) / demo.PLOT
         try:

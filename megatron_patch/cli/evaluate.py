@@ -28,9 +28,14 @@ def parse_args(argv=None):
     p.add_argument("--tokenizer-model", default=None,
                    help="the run's tokenizer: a SentencePiece .model or a Hugging Face tokenizer directory")
     p.add_argument("--tokenizer-type", default=None,
-                   choices=("SentencePieceTokenizer", "Llama2Tokenizer", "HuggingFaceTokenizer", "NullTokenizer"),
-                   help="default: HuggingFaceTokenizer for a directory, SentencePieceTokenizer for a file")
+                   choices=("SentencePieceTokenizer", "Llama2Tokenizer", "GPTSentencePieceTokenizer",
+                            "HuggingFaceTokenizer", "NullTokenizer",
+                            "GPT2BPETokenizer"),
+                   help="default: HuggingFaceTokenizer for a directory, SentencePieceTokenizer for a file, "
+                        "GPT2BPETokenizer for --vocab-file/--merge-file")
     p.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer's vocabulary size")
+    p.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer's vocab.json")
+    p.add_argument("--merge-file", default=None, help="GPT2BPETokenizer's merges.txt")
     p.add_argument("--patch-size", type=int, default=1, help="also report the K-patch loss")
     p.add_argument("--split", default=None,
                    help="default: the run's split on its own data, else 0,1,0 (all held out)")
@@ -62,6 +67,7 @@ def main(argv=None) -> int:
         result = evaluate_checkpoint(
             args.load, args.data_path, args.tokenizer_model, parallel, patch_size=args.patch_size,
             tokenizer_type=args.tokenizer_type, vocab_size=args.vocab_size,
+            vocab_file=args.vocab_file, merge_file=args.merge_file,
             split=args.split, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
             global_batch_size=args.global_batch_size, eval_iters=args.eval_iters,
         )

@@ -58,8 +58,7 @@ def stage_state(save: str, stage: str) -> Tuple[int, str]:
 
     with warnings.catch_warnings():  # optional GPU extras missing: not this tool's business
         warnings.simplefilter("ignore")
-        from megatron_patch.training.checkpointer import completed
-        from megatron_patch.training.checkpointing import common_state
+        from megatron_patch.training.checkpointing import common_state, completed
         from megatron_patch.training.state import TrainState
 
     try:

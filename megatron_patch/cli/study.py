@@ -27,6 +27,31 @@ Each run's name says what it changes from the centre (e.g. K4-lam0.6667-same_tok
 --seeds repeats the centre (or the --seed-runs) with each further seed to show the
 run-to-run spread. The knob values are columns of the table.
 
+The hand-over variants and the init are axes too: --handover-reinit GROUPS (comma-separated:
+embedding, output_layer, final_norm, out_proj, layers, all), --handover-shrink-perturb
+ALPHA:SIGMA (shrink and perturb as one setting: theta <- ALPHA * theta + SIGMA * theta_fresh;
+--handover-shrink and --handover-perturb alone vary one of the two), --lr-schedule-scope
+stage|run and --output-proj-init scaled|plain:
+
+    python tools/study.py ... --design star --handover-reinit none out_proj embedding,output_layer \
+        --handover-shrink-perturb none 0.5:0.5 --lr-schedule-scope stage run \
+        --output-proj-init scaled plain --transfer-controls
+
+--transfer-controls adds, after each patch run (or only the NAMEs given), its transfer control
+NAME-alone: the same flags plus `--stage token --handover-reinit all` in its own run directory,
+i.e. the patch run's token stage (same data slice, steps, batch, schedule, warmup) from a fresh
+init. Patch runs that differ only in the hand-over share one control. The table gains
+`transfer_nats` = loss(alone) - loss(patch+token): positive when the patch stage helped.
+
+The regime map reads several finished studies (one model size x budget each, run with
+--transfer-controls) and writes OUT/regime.csv, OUT/regime.md and OUT/regime.png (transfer and
+the gap to the equal-compute control against tokens per parameter, one line per model size);
+--fit adds a line per size fitted in log tokens per parameter, with its zero crossing, where a
+size has 3 or more points:
+
+    python tools/study.py --regime-map runs/regime runs/regime/tiny-* runs/regime/cpu-small-* --fit
+    python tools/study.py --regime-map runs/regime tiny=runs/a cpu-small=runs/b --params total
+
 Before the first launch the trainer's own setup checks (flags, files, tokenizer, stage plan)
 run for every run of the grid, so a bad combination fails at once, not hours in.
 
@@ -34,6 +59,8 @@ Resumable: a run is finished when OUT/runs/NAME/compute.json exists and is then 
 unfinished run that left a checkpoint is relaunched with --load. Rerun the same command after a
 crash. `--no-launch` only rebuilds the table and plots from what is there; `--dry-run` prints
 the launch commands; `--launcher python` runs each run as one plain process (no torchrun).
+
+matplotlib draws the plots; without it the study stops before the first launch.
 
 Writes OUT/results.csv, OUT/results.md, OUT/val_loss_vs_flops.png, OUT/val_loss_vs_K_lambda.png,
 OUT/val_loss_by_knob.png (when knobs or seeds vary), OUT/grid.json; each launch's output goes
@@ -45,8 +72,10 @@ import sys
 import time
 
 from megatron_patch.analysis import study
-from megatron_patch.analysis.study import DESIGNS, KNOBS, LAUNCHERS, POLICIES, parse_fraction, parse_tokens
-from megatron_patch.training.config import HANDOVER_OPTIMIZER, PATCH_MEAN_DTYPES
+from megatron_patch.analysis.study import (
+    DESIGNS, KNOBS, LAUNCHERS, PAIRED_AXES, POLICIES, parse_fraction, parse_shrink_perturb, parse_tokens,
+)
+from megatron_patch.training.config import HANDOVER_GROUPS, HANDOVER_OPTIMIZER, PATCH_MEAN_DTYPES
 from megatron_patch.training import rundir
 
 
@@ -84,15 +113,28 @@ def _schedule(text):
     return text
 
 
+def _reinit(text):
+    """--handover-reinit's GROUPS, checked against the trainer's groups."""
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    bad = [g for g in groups if g not in HANDOVER_GROUPS]
+    if not groups or bad:
+        raise ValueError(f"{text!r}: give comma-separated groups among {', '.join(HANDOVER_GROUPS)}")
+    return ",".join(groups)
+
+
 def knob_axes(args) -> dict:
-    """{knob field: [values]} of the knob axes given on the command line."""
-    return {k.field: getattr(args, k.field) for k in KNOBS if getattr(args, k.field, None)}
+    """{axis: [values]} of the knob axes (KNOBS fields and PAIRED_AXES) given on the command line."""
+    fields = [k.field for k in KNOBS] + list(PAIRED_AXES)
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None)}
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Flags after `--` are passed to every tools/pretrain.py launch.")
+                                 epilog="Flags after `--` are passed to every tools/pretrain.py launch.\n\n"
+                                 "The regime map over finished studies: tools/study.py --regime-map OUT "
+                                 "[SIZE=]DIR [...] [--fit] [--params total] (tools/study.py --regime-map "
+                                 "OUT --help).")
     ap.add_argument("--out", required=True, help="study directory (results, plots, logs, runs/)")
     ap.add_argument("--runs-dir", help="where the run directories go (default OUT/runs)")
     ap.add_argument("--data-path", nargs="+", help="Megatron prefix(es) without .bin/.idx")
@@ -128,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weights R**k of a patch's K targets (1: uniform)")
     knobs.add_argument("--patch-mean-dtype", type=_arg_type(_optional(_choice(PATCH_MEAN_DTYPES))),
                        nargs="+", metavar="DTYPE", help=f"patch-mean accumulation: {', '.join(PATCH_MEAN_DTYPES)}")
+    knobs.add_argument("--handover-reinit", type=_arg_type(_optional(_reinit)), nargs="+", metavar="GROUPS",
+                       help="parameter groups re-initialised at the hand-over, comma-separated among "
+                       f"{', '.join(HANDOVER_GROUPS)}")
+    knobs.add_argument("--handover-shrink-perturb", type=_arg_type(parse_shrink_perturb), nargs="+",
+                       metavar="ALPHA:SIGMA", help="shrink and perturb at the hand-over as one setting: "
+                       "theta <- ALPHA * theta + SIGMA * theta_fresh (e.g. none 0.5:0.5 0.8:0.2)")
+    knobs.add_argument("--handover-shrink", type=_arg_type(_optional(float)), nargs="+", metavar="ALPHA",
+                       help="shrink alone (the perturb stays the centre's); see --handover-shrink-perturb")
+    knobs.add_argument("--handover-perturb", type=_arg_type(_optional(float)), nargs="+", metavar="SIGMA",
+                       help="perturb alone (the shrink stays the centre's); see --handover-shrink-perturb")
+    knobs.add_argument("--lr-schedule-scope", type=_arg_type(_optional(_choice(("stage", "run")))), nargs="+",
+                       metavar="SCOPE", help="stage: one LR schedule per stage; run: one over the whole run")
+    knobs.add_argument("--output-proj-init", type=_arg_type(_optional(_choice(("scaled", "plain")))), nargs="+",
+                       metavar="INIT", help="output-projection init: scaled (std/sqrt(2L), megatron-core) or plain (std)")
+    ap.add_argument("--transfer-controls", nargs="*", metavar="NAME",
+                    help="add the transfer control NAME-alone (its token stage alone, from a fresh init) "
+                    "after every patch run, or after the patch runs named")
     ap.add_argument("--seeds", type=int, nargs="+", default=[], metavar="SEED",
                     help="the first seeds every run; each further seed repeats the centre (or --seed-runs)")
     ap.add_argument("--seed-runs", nargs="+", metavar="NAME",
@@ -143,6 +202,40 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep-going", action="store_true",
                     help="after a failed run, go on with the next (exit status 1 at the end)")
     return ap
+
+
+def build_regime_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="study.py --regime-map",
+        description="The regime map from finished studies: transfer and the gap to the equal-compute "
+        "control against tokens per parameter, one line per model size.")
+    ap.add_argument("--regime-map", required=True, metavar="OUT",
+                    help="writes OUT/regime.csv, OUT/regime.md, OUT/regime.png")
+    ap.add_argument("studies", nargs="+", metavar="[SIZE=]DIR",
+                    help="tools/study.py --out directories (one model size x budget each, with "
+                    "--transfer-controls); SIZE names the line (default: the model preset)")
+    ap.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding",
+                    help="parameters that tokens per parameter counts (default: non_embedding)")
+    ap.add_argument("--fit", action="store_true",
+                    help="fit each size's points linearly in log10(tokens/param) (3 or more points) "
+                    "and print where the line crosses zero, with its standard error")
+    return ap
+
+
+def regime_main(argv) -> int:
+    from megatron_patch.analysis import regime
+
+    args = build_regime_parser().parse_args(argv)
+    try:
+        study.check_plotting()
+        points = regime.regime_rows(args.studies, args.params)
+        report = regime.write_regime(args.regime_map, points, args.fit)
+    except ValueError as err:  # RegimeError, RunRecordError, MetricsError
+        raise SystemExit(f"error: {err}") from None
+    print(regime.to_markdown(points, report["fit_text"]).split("\n", 2)[2].rstrip())
+    print(f"wrote {os.path.join(args.regime_map, regime.REGIME_MD)}, {regime.REGIME_CSV}"
+          + (f", {report['plot']}" if report["plot"] else ""))
+    return 0
 
 
 def get_args(argv=None):
@@ -161,16 +254,23 @@ def _log(line: str, error: bool = False) -> None:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    if any(a == "--regime-map" or a.startswith("--regime-map=") for a in head):
+        return regime_main(argv)
     args = get_args(argv)
     runs_dir = args.runs_dir or os.path.join(args.out, "runs")
     logs_dir = os.path.join(args.out, "logs")
     common = study.common_flags(args.data_path, args.tokenizer_model, args.model, args.extra)
     try:
         axes = knob_axes(args)
-        study.check_passthrough(args.extra, [*axes, *(["seed"] if args.seeds else [])])
+        study.check_passthrough(args.extra, [*axes, *(["seed"] if args.seeds else [])],
+                                args.transfer_controls is not None)
         specs = study.build_grid(args.train_tokens, args.patch_sizes, args.patch_fractions,
                                  args.batch_policies, args.controls, args.design, axes,
-                                 args.seeds, args.seed_runs)
+                                 args.seeds, args.seed_runs, args.transfer_controls)
+        if not args.dry_run:  # the report draws plots: no matplotlib, no study
+            study.check_plotting()
         if not args.no_launch:
             study.check_inputs(args.pretrain, args.data_path, args.tokenizer_model,
                                args.nproc_per_node, args.launcher)

@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from megatron_patch import io
+
 CACHE_FORMAT = "megatron-patch-index-v1"
 
 
@@ -60,15 +62,6 @@ def cached_arrays(cache_dir: str, description: dict, names: tuple[str, ...],
 def _build_and_save(cache_dir: str, key: str, kind: str, text: str, paths: dict[str, str],
                     build: Callable[[], dict[str, np.ndarray]]) -> None:
     arrays = build()
-    os.makedirs(cache_dir, exist_ok=True)
-    for name, path in paths.items():
-        # Written under a temporary name and renamed: a reader never sees half a file.
-        tmp = f"{path}.tmp-{os.getpid()}.npy"
-        try:
-            np.save(tmp, np.asarray(arrays[name]), allow_pickle=False)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    with open(os.path.join(cache_dir, f"{key}-{kind}-description.json"), "w") as f:
-        f.write(text + "\n")
+    for name, path in paths.items():  # atomic (megatron_patch/io.py): a reader never sees half a file
+        io.save_array(path, arrays[name])
+    io.write_text(os.path.join(cache_dir, f"{key}-{kind}-description.json"), text + "\n")

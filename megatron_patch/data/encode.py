@@ -8,7 +8,10 @@ batch call, the `tokenizers` library's Rust batch call) returning int32 arrays.
 Semantics are Megatron-LM's preprocess_data.py (its Encoder.encode, any --tokenizer-type):
 - a key's value is a string (one sequence) or a list of strings (one sequence each);
 - sequences that encode to no ids are dropped; a document may end up with none (empty text);
-- with --append-eod the EOD id is appended to the document's last sequence, if it has one.
+- with --append-eod the EOD id is appended to the document's last sequence, if it has one;
+- with --split-sentences a string value is split into sentences by NLTK's punkt (Megatron-LM's
+  split step: the text in pieces of 1,000,000 characters, each piece's sentences in order), one
+  sequence each; --keep-newlines keeps the newlines after sentences (its CustomLanguageVars).
 Differences, all on inputs Megatron-LM cannot process: blank JSONL lines are skipped, and bad
 input raises InputError naming file and line instead of a traceback.
 """
@@ -43,24 +46,103 @@ class EncodedChunk:
     num_bytes: int  # uncompressed input bytes
 
 
+SPLIT_PIECE_CHARS = 1_000_000  # Megatron-LM's split(): max_len
+
+
+def load_sentence_splitter(lang: str = "english", keep_newlines: bool = False):
+    """NLTK's punkt sentence splitter for `lang`, as Megatron-LM's --split-sentences builds it.
+
+    InputError naming what to install when NLTK or its punkt data is missing (nothing is
+    downloaded: Megatron-LM calls nltk.download, which needs the network).
+    """
+    try:
+        import nltk  # noqa: F401
+        from nltk.tokenize import punkt
+    except ImportError:
+        raise InputError("--split-sentences needs NLTK's punkt sentence splitter: pip install nltk, "
+                         "then python -m nltk.downloader punkt_tab (NLTK >= 3.9; punkt before)"
+                         ) from None
+    try:
+        if hasattr(punkt, "PunktTokenizer"):  # NLTK >= 3.9: punkt_tab, no pickles
+            splitter = punkt.PunktTokenizer(lang)
+        else:
+            splitter = nltk.data.load(f"tokenizers/punkt/{lang}.pickle")
+    except (LookupError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"--split-sentences: NLTK's punkt data for --lang {lang} is not installed "
+                         f"({first}); run python -m nltk.downloader punkt_tab (NLTK >= 3.9) or "
+                         "punkt (older NLTK), or set NLTK_DATA to where it is") from None
+    if keep_newlines:
+        splitter = punkt.PunktSentenceTokenizer(train_text=splitter._params,
+                                                lang_vars=_keep_newlines_vars(punkt)())
+    return splitter
+
+
+def _keep_newlines_vars(punkt):
+    """Megatron-LM's CustomLanguageVars: punkt keeps the whitespace after a sentence's end."""
+
+    class CustomLanguageVars(punkt.PunktLanguageVars):
+        _period_context_fmt = r"""
+        \S*                          # some word material
+        %(SentEndChars)s             # a potential sentence ending
+        \s*                       #  <-- THIS is what I changed
+        (?=(?P<after_tok>
+            %(NonWord)s              # either other punctuation
+            |
+            (?P<next_tok>\S+)     #  <-- Normally you would have \s+ here
+        ))"""
+
+    return CustomLanguageVars
+
+
+def split_sentences(splitter, text: str) -> list[str]:
+    """Megatron-LM's Encoder.split of one string: punkt over 1,000,000-character pieces."""
+    return [sentence for i in range(0, len(text), SPLIT_PIECE_CHARS)
+            for sentence in splitter.tokenize(text[i:i + SPLIT_PIECE_CHARS])]
+
+
 class ChunkEncoder:
     """Parses and encodes chunks; one instance per worker process."""
 
     def __init__(self, batch_encoder, json_keys: list[str], eod: Optional[int],
-                 dtype: np.dtype) -> None:
-        """batch_encoder: a tokenizer's `batch_encoder()`; eod: the id --append-eod adds, or None."""
+                 dtype: np.dtype, sentence_splitter: Optional[tuple[str, bool]] = None) -> None:
+        """batch_encoder: a tokenizer's `batch_encoder()`; eod: the id --append-eod adds, or None;
+        sentence_splitter: (lang, keep_newlines) for --split-sentences, None for whole texts."""
         self.batch_encoder = batch_encoder
         self.json_keys = list(json_keys)
         self.dtype = np.dtype(dtype)
         self.eod = None if eod is None else np.array([eod], dtype=np.int32)
+        self.sentence_splitter = sentence_splitter
+        self._splitter = None
 
     def __call__(self, chunk: Chunk) -> EncodedChunk:
         texts, counts, line_numbers = parse_chunk(chunk, self.json_keys)
+        if self.sentence_splitter is not None:
+            texts, counts = self._split(chunk.path, texts, counts, line_numbers)
         keys = {
             key: self._encode(chunk.path, texts[key], counts[key], line_numbers)
             for key in texts
         }
         return EncodedChunk(keys, len(line_numbers), len(chunk.data))
+
+    def _split(self, path: str, texts: dict[str, list[str]],
+               counts: dict[str, Optional[list[int]]], line_numbers: list[int]):
+        """Every document's text -> its sentences (one sequence each)."""
+        if self._splitter is None:
+            self._splitter = load_sentence_splitter(*self.sentence_splitter)
+        split_texts: dict[str, list[str]] = {}
+        split_counts: dict[str, Optional[list[int]]] = {}
+        for key, values in texts.items():
+            if counts[key] is not None and any(c != 1 for c in counts[key]):
+                line = next(n for n, c in zip(line_numbers, counts[key]) if c != 1)
+                raise InputError(f"{path}:{line}: key {key!r} holds a list of strings (already "
+                                 "split); --split-sentences splits string values: drop it")
+            split_texts[key], split_counts[key] = [], []
+            for text in values:
+                sentences = split_sentences(self._splitter, text)
+                split_texts[key].extend(sentences)
+                split_counts[key].append(len(sentences))
+        return split_texts, split_counts
 
     def _encode(self, path: str, texts: list[str], counts: Optional[list[int]],
                 line_numbers: list[int]) -> EncodedKey:
@@ -172,7 +254,7 @@ _ENCODER: Optional[ChunkEncoder] = None
 
 
 def init_worker(batch_encoder, json_keys: list[str], eod: Optional[int], dtype: str,
-                threads: int = 1) -> None:
+                threads: int = 1, sentence_splitter: Optional[tuple[str, bool]] = None) -> None:
     """Pool initializer: one encoder per process; the tokenizer loads on its first chunk.
 
     `threads`: threads a multi-threaded tokenizer (the `tokenizers` library) may use in this
@@ -182,7 +264,7 @@ def init_worker(batch_encoder, json_keys: list[str], eod: Optional[int], dtype: 
     global _ENCODER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))
-    _ENCODER = ChunkEncoder(batch_encoder, json_keys, eod, np.dtype(dtype))
+    _ENCODER = ChunkEncoder(batch_encoder, json_keys, eod, np.dtype(dtype), sentence_splitter)
 
 
 def encode_chunk(chunk: Chunk) -> EncodedChunk:

@@ -37,6 +37,9 @@ def missing_files(prefix: str) -> list[str]:
     return [prefix + ext for ext in EXTENSIONS if not os.path.isfile(prefix + ext)]
 
 
+INDEX_HEADER = b"MMIDIDX\x00\x00"  # the first bytes of every Megatron .idx file
+
+
 def check_prefix(prefix: str, flag: str = "--data-path") -> None:
     missing = missing_files(prefix)
     if missing:
@@ -45,6 +48,11 @@ def check_prefix(prefix: str, flag: str = "--data-path") -> None:
             ".bin/.idx (e.g. data/corpus_text_document, as written by tools/preprocess_data.py); "
             "check the path and that preprocessing finished"
         )
+    with open(prefix + ".idx", "rb") as f:
+        header = f.read(len(INDEX_HEADER))
+    if header != INDEX_HEADER:
+        raise ValueError(f"{flag} {prefix}: {prefix}.idx is not a Megatron index file (it does not start "
+                         f"with {INDEX_HEADER!r}); write it again with tools/preprocess_data.py")
 
 
 def check_data_paths(data_path: Sequence[str], flag: str = "--data-path") -> list[str]:

@@ -15,6 +15,9 @@ What each type encodes, as Megatron-LM's preprocess_data.py does with its defaul
   token; the vocabulary includes added tokens.
 - NullTokenizer: the text already is ids, separated by whitespace. `--vocab-size N` makes the
   vocabulary N + 1 with EOD = N (megatron-core's NullTokenizer).
+- GPT2BPETokenizer: GPT-2's byte-level BPE from `--vocab-file vocab.json --merge-file merges.txt`
+  (see GPT2BPETokenizer for how its ids match both of Megatron-LM's implementations); EOD is
+  `<|endoftext|>`'s id; the vocabulary is vocab.json's size.
 
 Preprocessing workers never import megatron-core or transformers: `batch_encoder()` returns a
 small picklable object that encodes lists of texts to int32 arrays with the tokenizer's native
@@ -24,6 +27,7 @@ batch call), and that gives the same ids as `encode`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import Any, Iterator, Optional, Sequence
 
@@ -32,7 +36,9 @@ import numpy as np
 SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "Llama2Tokenizer", "GPTSentencePieceTokenizer")
 HUGGINGFACE_TYPE = "HuggingFaceTokenizer"
 NULL_TYPE = "NullTokenizer"
-TOKENIZER_TYPES = SENTENCEPIECE_TYPES + (HUGGINGFACE_TYPE, NULL_TYPE)
+GPT2_TYPE = "GPT2BPETokenizer"
+TOKENIZER_TYPES = SENTENCEPIECE_TYPES + (HUGGINGFACE_TYPE, NULL_TYPE, GPT2_TYPE)
+GPT2_EOD = "<|endoftext|>"
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -235,20 +241,213 @@ class NullTokenizer:
         return _NullBatch(self.vocab_size)
 
 
-Tokenizer = Any  # one of the three classes above
+class GPT2BPEFiles(os.PathLike):
+    """A GPT-2 BPE tokenizer's two files, where a tokenizer path is expected (HF export).
+
+    As a path it is the vocabulary file (so `os.path.exists` checks it); `load_tokenizer(files)`
+    and the HF export's `write_hf_tokenizer(files, dir)` read both."""
+
+    def __init__(self, vocab_file: str, merge_file: str) -> None:
+        self.vocab_file, self.merge_file = vocab_file, merge_file
+
+    def __fspath__(self) -> str:
+        return self.vocab_file
+
+    def __repr__(self) -> str:
+        return f"GPT2BPEFiles({self.vocab_file!r}, {self.merge_file!r})"
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, GPT2BPEFiles)
+                and (self.vocab_file, self.merge_file) == (other.vocab_file, other.merge_file))
+
+    def __hash__(self) -> int:
+        return hash((self.vocab_file, self.merge_file))
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (bytes_to_unicode of OpenAI's encoder.py)."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+          + list(range(ord("\xae"), ord("\xff") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def read_gpt2_files(vocab_file: Optional[str], merge_file: Optional[str]
+                    ) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocabulary, merges in rank order) as Megatron-LM's GPT-2 tokenizer reads the two files.
+
+    merges.txt: the file split at "\n" without its first line (the "#version" header) and its
+    last (empty after the final newline), each line split at whitespace; a pair listed twice
+    takes its later rank. ValueError, naming the fix, for files that are missing or that are not
+    a consistent byte-level BPE (ids 0..n-1, `<|endoftext|>`, every byte's symbol, merges whose
+    parts and result are in the vocabulary).
+    """
+    if merge_file and not vocab_file:
+        raise ValueError("--merge-file needs --vocab-file too: GPT2BPETokenizer reads vocab.json "
+                         "and merges.txt (e.g. gpt2-vocab.json and gpt2-merges.txt)")
+    if not vocab_file or not merge_file:
+        raise ValueError("GPT2BPETokenizer needs --vocab-file VOCAB.json and --merge-file "
+                         "MERGES.txt (GPT-2's are gpt2-vocab.json and gpt2-merges.txt)")
+    for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
+        if not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: no such file")
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            vocab = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--vocab-file {vocab_file}: not a JSON vocabulary ({err}); pass GPT-2's "
+                         "vocab.json (token -> id); the merges go to --merge-file") from None
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                              for i in vocab.values()):
+        raise ValueError(f"--vocab-file {vocab_file}: expected a JSON object of token -> id")
+    if sorted(vocab.values()) != list(range(len(vocab))):
+        raise ValueError(f"--vocab-file {vocab_file}: ids must be 0..{len(vocab) - 1}, each once")
+    if GPT2_EOD not in vocab:
+        raise ValueError(f"--vocab-file {vocab_file}: no {GPT2_EOD} token (GPT2BPETokenizer's "
+                         "end-of-document id); add it to the vocabulary")
+    missing = [b for b, c in gpt2_bytes_to_unicode().items() if c not in vocab]
+    if missing:
+        raise ValueError(f"--vocab-file {vocab_file}: not a byte-level BPE vocabulary: the symbols "
+                         f"of {len(missing)} bytes (e.g. 0x{missing[0]:02x}) are missing")
+    try:
+        with open(merge_file, encoding="utf-8") as f:
+            lines = f.read().split("\n")[1:-1]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--merge-file {merge_file}: not UTF-8 text ({err})") from None
+    ranks: dict[tuple, int] = {}
+    for rank, line in enumerate(lines):
+        ranks[tuple(line.split())] = rank
+    merges = [pair for pair, _ in sorted(ranks.items(), key=lambda item: item[1]) if len(pair) == 2]
+    if not merges and lines:
+        raise ValueError(f"--merge-file {merge_file}: no merges (lines of two tokens); pass "
+                         "GPT-2's merges.txt")
+    for left, right in merges:
+        for token in (left, right, left + right):
+            if token not in vocab:
+                raise ValueError(f"--merge-file {merge_file}: the merge {left!r} {right!r} uses "
+                                 f"{token!r}, which is not in --vocab-file {vocab_file}; the two "
+                                 "files must come from the same tokenizer")
+    return vocab, merges
+
+
+def build_gpt2_backend(vocab: dict[str, int], merges: list[tuple[str, str]],
+                       match_special: bool = True):
+    """A `tokenizers.Tokenizer` encoding as Megatron-LM's GPT2BPETokenizer (see GPT2BPETokenizer)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    backend = Tokenizer(models.BPE(vocab, merges, fuse_unk=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    if match_special:
+        backend.add_special_tokens([AddedToken(GPT2_EOD, special=True, normalized=False)])
+    return backend
+
+
+class GPT2BPETokenizer:
+    """GPT-2's byte-level BPE from vocab.json and merges.txt (`--tokenizer-type GPT2BPETokenizer`).
+
+    Ids are those of both of Megatron-LM's implementations (core_v0.16.1): the regex
+    pre-tokenization, GPT-2's byte -> character table and the merges by rank, read from the files
+    as Megatron-LM reads them. They differ only on the text `<|endoftext|>` itself:
+    - default (megatron.core.tokenizers, what its preprocess_data.py uses unless
+      --legacy-tokenizer): a transformers GPT-2 tokenizer, which matches `<|endoftext|>` in the
+      text as the EOD token;
+    - legacy=True (`--legacy-tokenizer`: megatron.training's gpt2_tokenization.py, the default
+      of Megatron-LM releases before megatron.core.tokenizers): spelled out byte by byte as any
+      other text.
+    Encoding runs in the `tokenizers` library (Rust) with exactly those merges.
+    """
+
+    tokenizer_type = GPT2_TYPE
+
+    def __init__(self, vocab_file: Optional[str], merge_file: Optional[str],
+                 legacy: bool = False) -> None:
+        vocab, merges = read_gpt2_files(vocab_file, merge_file)
+        self.vocab_file = os.path.abspath(vocab_file)
+        self.merge_file = os.path.abspath(merge_file)
+        self.legacy = bool(legacy)
+        self.vocab, self.merges = vocab, merges
+        self._backend = build_gpt2_backend(vocab, merges, match_special=not self.legacy)
+        self._json = self._backend.to_str()
+        self._batch = None
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens in vocab.json."""
+        return len(self.vocab)
+
+    @property
+    def eod(self) -> int:
+        """The id of `<|endoftext|>`."""
+        return int(self.vocab[GPT2_EOD])
+
+    @property
+    def files(self) -> GPT2BPEFiles:
+        return GPT2BPEFiles(self.vocab_file, self.merge_file)
+
+    @property
+    def unique_identifiers(self) -> dict[str, str]:
+        return {"class": type(self).__name__, "vocab_file": self.vocab_file,
+                "merge_file": self.merge_file}
+
+    @property
+    def backend(self):
+        """The `tokenizers.Tokenizer` that encodes (what the HF export ships as tokenizer.json)."""
+        return self._backend
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._backend.encode(text, add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if self._batch is None:
+            self._batch = self.batch_encoder()
+        return self._batch.encode_batch(texts)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def batch_encoder(self) -> "_HuggingFaceBatch":
+        return _HuggingFaceBatch(self._json, False, None)
+
+
+Tokenizer = Any  # one of the four classes above
 
 
 def load_tokenizer(tokenizer_model: Optional[str], tokenizer_type: Optional[str] = None,
-                   vocab_size: Optional[int] = None) -> Tokenizer:
+                   vocab_size: Optional[int] = None, vocab_file: Optional[str] = None,
+                   merge_file: Optional[str] = None, legacy: bool = False) -> Tokenizer:
     """A tokenizer by Megatron-LM's `--tokenizer-type` name (ValueError with the fix on a mistake).
 
-    tokenizer_type None: a directory is a HuggingFaceTokenizer, a file a SentencePieceTokenizer.
-    vocab_size is only read by NullTokenizer (which needs no tokenizer_model).
+    tokenizer_type None: a directory is a HuggingFaceTokenizer, a file a SentencePieceTokenizer,
+    vocab_file + merge_file (or a GPT2BPEFiles as tokenizer_model) a GPT2BPETokenizer.
+    vocab_size is only read by NullTokenizer (which needs no tokenizer_model), vocab_file and
+    merge_file (and `legacy`, see GPT2BPETokenizer) only by GPT2BPETokenizer.
     """
+    if isinstance(tokenizer_model, GPT2BPEFiles):
+        tokenizer_model, vocab_file, merge_file = None, tokenizer_model.vocab_file, tokenizer_model.merge_file
+        tokenizer_type = tokenizer_type or GPT2_TYPE
+    if tokenizer_type is None and (vocab_file or merge_file) and not tokenizer_model:
+        tokenizer_type = GPT2_TYPE
+    if tokenizer_type == GPT2_TYPE:
+        if tokenizer_model:
+            raise ValueError("GPT2BPETokenizer reads --vocab-file and --merge-file, not "
+                             f"--tokenizer-model ({tokenizer_model}); drop --tokenizer-model")
+        return GPT2BPETokenizer(vocab_file, merge_file, legacy=legacy)
+    if vocab_file or merge_file:
+        raise ValueError("--vocab-file/--merge-file are read only by --tokenizer-type "
+                         f"GPT2BPETokenizer, not {tokenizer_type or 'this tokenizer'}; drop them "
+                         "or pass --tokenizer-type GPT2BPETokenizer")
     if tokenizer_type is None:
         if not tokenizer_model:
             raise ValueError("no tokenizer given: pass --tokenizer-model (a SentencePiece .model "
-                             "file or a Hugging Face tokenizer directory)")
+                             "file or a Hugging Face tokenizer directory), or --vocab-file and "
+                             "--merge-file for GPT2BPETokenizer")
         tokenizer_type = (HUGGINGFACE_TYPE if os.path.isdir(tokenizer_model)
                           else SENTENCEPIECE_TYPES[0])
     if tokenizer_type in SENTENCEPIECE_TYPES:

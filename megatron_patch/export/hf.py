@@ -157,6 +157,28 @@ def hf_config(model_cfg, dtype: torch.dtype, bos_token_id=None, eos_token_id=Non
     }
 
 
+HF_EXTRA = "megatron-patch[hf]"
+"""The setup.py extra that installs what the Hugging Face export and import need."""
+
+
+def check_installed(export: bool) -> None:
+    """ValueError naming the extra unless the packages of the Hugging Face export (`export`: safetensors,
+    tokenizers, protobuf for a sentencepiece tokenizer) or import (safetensors) are installed:
+    checked at start, before a model is loaded or anything is written."""
+    import importlib
+
+    needed = ("safetensors", "tokenizers", "google.protobuf") if export else ("safetensors",)
+    missing = []
+    for name in needed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name.split(".")[0])
+    if missing:
+        what = "--to hf (the Hugging Face export)" if export else "--from hf (the Hugging Face import)"
+        raise ValueError(f"{what} needs {', '.join(missing)}, not installed: pip install '{HF_EXTRA}'")
+
+
 def export_hf(
     model,
     model_cfg,

@@ -5,7 +5,7 @@
 
 The source directory holds config.json and safetensors weights (`model.safetensors`, or shards
 listed in `model.safetensors.index.json`). The output is an ordinary release checkpoint
-(DST/release/ + pointer "release", written by `checkpointing.save_checkpoint`) whose
+(DST/release/ + pointer "release", written by `megatron_patch.checkpoint.store`) whose
 config.yaml carries the model shape, so `--init-from`, tools/evaluate.py and `--to hf` take it
 as they take any other. The tensor correspondence is `export/hf_keys.py`, shared with the export.
 
@@ -31,13 +31,15 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
+import yaml
 
 from megatron_patch import io
+from megatron_patch.checkpoint import layout, store
+from megatron_patch.checkpoint.architecture import model_differences
 from megatron_patch.export import hf_keys
-from megatron_patch.training import rundir
 
 TOKENIZER_DIR = "tokenizer"
 # Files of a HF tokenizer, copied with the weights.
@@ -190,8 +192,6 @@ def import_hf(hf_dir: str, dst: str, expect=None) -> str:
     Needs a world-of-one megatron-core process group. DST appears only when complete."""
     from megatron_patch.config import ParallelConfig
     from megatron_patch.model import build_model
-    from megatron_patch.training import checkpointing as ckpt
-    from megatron_patch.training.config import RunConfig
 
     model_cfg = model_config_from_hf(read_hf_config(hf_dir))
     if expect is not None:
@@ -201,8 +201,6 @@ def import_hf(hf_dir: str, dst: str, expect=None) -> str:
     reader = _SafetensorsReader(hf_dir)
     dtype = reader.dtype()
 
-    cfg = RunConfig(model=model_cfg, model_preset=None)
-    cfg.train.bf16 = dtype == torch.bfloat16
     # megatron-core's plain local spec: the parameters every spec shares, no optional kernels.
     model = build_model(dataclasses.replace(model_cfg, transformer_impl="local"), ParallelConfig(),
                         params_dtype=dtype)
@@ -223,20 +221,26 @@ def import_hf(hf_dir: str, dst: str, expect=None) -> str:
     with io.atomic_dir(final) as tmp:
         copied = _copy_tokenizer(hf_dir, os.path.join(tmp, TOKENIZER_DIR))
         if "tokenizer.model" in copied:  # sentencepiece: what the export ships again
-            cfg.data.tokenizer_model = os.path.join(final, TOKENIZER_DIR, "tokenizer.model")
+            data = {"tokenizer_model": os.path.join(final, TOKENIZER_DIR, "tokenizer.model")}
         elif "tokenizer.json" in copied:
-            cfg.data.tokenizer_model = os.path.join(final, TOKENIZER_DIR)
+            data = {"tokenizer_model": os.path.join(final, TOKENIZER_DIR)}
         else:
-            cfg.data.tokenizer_type, cfg.data.vocab_size = "NullTokenizer", model_cfg.vocab_size
-        # An import belongs to no run: its config.yaml has the model and tokenizer, no data or
-        # budget, so it can serve as a run's --config (the run adds --data-path and a budget).
-        ckpt.save_checkpoint(tmp, cfg, [model])
-    return os.path.join(final, rundir.RELEASE)
+            data = {"tokenizer_type": "NullTokenizer", "vocab_size": model_cfg.vocab_size}
+        store.save_weights(tmp, [model], run_config_yaml(model_cfg, dtype == torch.bfloat16, data))
+    return os.path.join(final, layout.RELEASE)
+
+
+def run_config_yaml(model_cfg, bf16: bool, data: dict) -> str:
+    """config.yaml of an import, in the sections of a run config (training/config.py reads it).
+
+    An import belongs to no run: it has the model, the dtype and the tokenizer, no data or
+    budget, so it can serve as a run's --config (the run adds --data-path and a budget); every
+    other field is the run config's default."""
+    model = {"preset": None, **dataclasses.asdict(model_cfg)}
+    return yaml.safe_dump({"model": model, "train": {"bf16": bf16}, "data": data}, sort_keys=False)
 
 
 def _check_expected(model_cfg, expect) -> None:
-    from megatron_patch.training.checkpointing import model_differences
-
     diff = model_differences(model_cfg, expect)
     if diff:
         raise ValueError("the Hugging Face model differs from --config: " + "; ".join(

@@ -15,11 +15,14 @@ tests/unit/export/):
   holds exactly `vocab_size`. Export keeps the first `vocab_size` rows; import appends zero rows.
 - Norms: a model built from the local / sdpa specs has `input_layernorm` / `pre_mlp_layernorm`
   modules; Transformer Engine fuses them into the next linear as `layer_norm_weight`
-  (`TE_NORM_NAMES`). Both are accepted on export; import writes the local names.
+  (`TE_NORM_NAMES`, megatron_patch/checkpoint/layout.py's). Both are accepted on export; import
+  writes the local names.
 """
 from typing import Callable, Dict, Iterator, Tuple
 
 import torch
+
+from megatron_patch.checkpoint.layout import TE_NORM_NAMES  # noqa: F401 (export/hf.py reads it here)
 
 # ModelConfig field <-> config.json key.
 CONFIG_FIELDS: Tuple[Tuple[str, str], ...] = (
@@ -54,10 +57,6 @@ LAYER_TENSORS = (
     ("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), "fc1"),
     ("mlp.linear_fc2.weight", ("mlp.down_proj.weight",), "copy"),
 )
-TE_NORM_NAMES = {
-    "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
-    "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
-}
 # HF buffers that some checkpoints store and that carry no weights (RoPE frequencies).
 HF_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 

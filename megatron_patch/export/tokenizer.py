@@ -20,6 +20,14 @@ the pipeline below follows whatever the model file says:
               into two pieces, ranked by the merged piece's score (sentencepiece merges the
               adjacent pair whose concatenation scores highest)
   decoder:    U+2581 to space, byte-fallback pieces to bytes, drop the dummy prefix.
+For GPT-2's byte-level BPE (GPT2BPETokenizer), `write_hf_tokenizer(GPT2BPEFiles(vocab, merges),
+out_dir)` writes tokenizer.json (the `tokenizers` pipeline training encoded with), vocab.json and
+merges.txt (the merges as Megatron-LM read them, with a "#version" header and a final newline, so
+every loader reads the same list), tokenizer_config.json (GPT2Tokenizer, `<|endoftext|>` as
+BOS/EOS/UNK, as GPT-2's) and special_tokens_map.json, then checks the written tokenizer.json
+against training's encoder. `<|endoftext|>` typed in text is the EOS token, as for GPT-2 in
+transformers and megatron-core (Megatron-LM's --legacy-tokenizer spelled it out).
+
 One known difference: control pieces (<s>, </s>) typed literally in text are matched as special
 tokens by HF and spelled out character by character by sentencepiece; evaluation text never
 contains them. Needs `protobuf` (to read the model file) and `tokenizers`.
@@ -29,7 +37,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from megatron_patch import io
-from megatron_patch.data.tokenizer import HF_TOKENIZER_FILES
+from megatron_patch.data.tokenizer import GPT2_EOD, HF_TOKENIZER_FILES, GPT2BPEFiles
 
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 _UNIGRAM, _BPE = 1, 2
@@ -112,7 +120,10 @@ def copy_hf_tokenizer(tokenizer_dir, out_dir) -> List[str]:
 def sentencepiece_special_ids(spm_model, vocab_size: Optional[int] = None) -> Dict[str, Optional[int]]:
     """{bos,eos,pad}_token_id of a sentencepiece model (None where absent); checks its size.
 
-    A directory is a Hugging Face tokenizer: see hf_tokenizer_special_ids."""
+    A directory is a Hugging Face tokenizer: see hf_tokenizer_special_ids; GPT2BPEFiles GPT-2's
+    byte-level BPE: see gpt2_special_ids."""
+    if isinstance(spm_model, GPT2BPEFiles):
+        return gpt2_special_ids(spm_model, vocab_size)
     import sentencepiece as spm
 
     if Path(spm_model).is_dir():
@@ -212,10 +223,14 @@ def write_hf_tokenizer(spm_model, out_dir, add_bos_token: bool = False, check_te
     """Write tokenizer.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json.
 
     spm_model: a sentencepiece .model, or a Hugging Face tokenizer directory, whose files are
-        copied unchanged (add_bos_token and check_texts do not apply: its own files decide).
+        copied unchanged (add_bos_token and check_texts do not apply: its own files decide),
+        or GPT2BPEFiles (see write_gpt2_tokenizer; add_bos_token does not apply).
     add_bos_token: whether the HF tokenizer prepends BOS (match how the training data was built).
     check_texts: extra texts (e.g. some of the corpus) for the equivalence check.
     """
+    if isinstance(spm_model, GPT2BPEFiles):
+        write_gpt2_tokenizer(spm_model, out_dir, check_texts)
+        return
     import sentencepiece as spm
 
     if Path(spm_model).is_dir():
@@ -248,6 +263,66 @@ def write_hf_tokenizer(spm_model, out_dir, add_bos_token: bool = False, check_te
         "clean_up_tokenization_spaces": False,
         "add_bos_token": add_bos_token,
         "add_eos_token": False,
+        **special,
+    }
+    io.write_json(str(out_dir / "tokenizer_config.json"), config)
+    io.write_json(str(out_dir / "special_tokens_map.json"), special)
+
+
+def _gpt2_tokenizer(files: GPT2BPEFiles):
+    from megatron_patch.data.tokenizer import GPT2BPETokenizer
+
+    try:
+        return GPT2BPETokenizer(files.vocab_file, files.merge_file)
+    except ValueError as e:
+        raise TokenizerExportError(str(e)) from None
+
+
+def gpt2_special_ids(files: GPT2BPEFiles, vocab_size: Optional[int] = None) -> Dict[str, Optional[int]]:
+    """{bos,eos,pad}_token_id of GPT-2's byte-level BPE: `<|endoftext|>` for BOS and EOS, as GPT-2's."""
+    tokenizer = _gpt2_tokenizer(files)
+    if vocab_size is not None and tokenizer.vocab_size != vocab_size:
+        raise TokenizerExportError(
+            f"tokenizer {files.vocab_file} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{vocab_size}; pass the tokenizer the model was trained with"
+        )
+    return {"bos_token_id": tokenizer.eod, "eos_token_id": tokenizer.eod, "pad_token_id": None}
+
+
+def write_gpt2_tokenizer(files: GPT2BPEFiles, out_dir, check_texts: Iterable[str] = ()) -> None:
+    """GPT-2 BPE files for transformers: tokenizer.json, vocab.json, merges.txt, tokenizer_config.json,
+    special_tokens_map.json (see the module docstring); TokenizerExportError if the written
+    tokenizer.json encodes any probe text differently from training's tokenizer."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    tokenizer = _gpt2_tokenizer(files)
+    out_dir = Path(out_dir)
+    with io.atomic_path(str(out_dir / "tokenizer.json")) as tmp:
+        tokenizer.backend.save(tmp)
+    with io.atomic_path(str(out_dir / "vocab.json")) as tmp:
+        Path(tmp).write_text(json.dumps(tokenizer.vocab, ensure_ascii=False), encoding="utf-8")
+    with io.atomic_path(str(out_dir / "merges.txt")) as tmp:
+        Path(tmp).write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tokenizer.merges),
+                             encoding="utf-8")
+    written = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    for text in list(PROBE_TEXTS) + [f"a{GPT2_EOD}b {GPT2_EOD}"] + list(check_texts):
+        want = tokenizer.encode(text)
+        got = written.encode(text, add_special_tokens=False).ids
+        if want != got:
+            raise TokenizerExportError(
+                f"the exported tokenizer.json disagrees with training's GPT-2 BPE on {text[:80]!r}:\n"
+                f"  training {want[:24]}\n  exported {got[:24]}"
+            )
+    special = {"bos_token": GPT2_EOD, "eos_token": GPT2_EOD, "unk_token": GPT2_EOD}
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": 1_000_000_000,
+        "add_prefix_space": False,
+        "add_bos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
         **special,
     }
     io.write_json(str(out_dir / "tokenizer_config.json"), config)

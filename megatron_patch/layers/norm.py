@@ -9,6 +9,8 @@ never tags and refuses SP outright. This is `torch.nn.RMSNorm` (same math, same 
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_patch import device
+
 
 class RMSNorm(torch.nn.RMSNorm):
     """`torch.nn.RMSNorm` over the hidden size whose weight is tagged for SP gradient all-reduce."""
@@ -22,8 +24,8 @@ class RMSNorm(torch.nn.RMSNorm):
             )
         if config.layernorm_zero_centered_gamma:
             raise ValueError("layernorm_zero_centered_gamma is not supported by the sdpa spec's RMSNorm")
-        # Same placement as megatron's parallel linears: CPU when use_cpu_initialization,
-        # otherwise the current GPU (on CPU machines the compat shim maps that device to CPU).
-        device = "cpu" if config.use_cpu_initialization else torch.cuda.current_device()
-        super().__init__(hidden_size, eps=eps, device=device, dtype=config.params_dtype)
+        # Same placement as megatron's parallel linears: the CPU with use_cpu_initialization,
+        # otherwise this rank's device (its GPU; the CPU on a machine without one).
+        where = "cpu" if config.use_cpu_initialization else device.current()
+        super().__init__(hidden_size, eps=eps, device=where, dtype=config.params_dtype)
         self.weight.sequence_parallel = config.sequence_parallel

@@ -2,14 +2,16 @@
 
     config.py        RunConfig sections; flags generated from the fields (megatron_patch/flags.py)
     preflight.py     checks against files and the launch, once, before any process group
+    megatron_flags.py Megatron-LM flags that are not settings (no-ops, refusals) and defaults that differ
     stages.py        the recipe as data: plan_stages -> [Stage(patch, K=4, ...), Stage(token, K=1, ...)]
     trainer.py       Trainer.train(): the stages, each one loop of calls to the collaborators below
     builders.py      model chunks + DDP, megatron optimizer, LR schedule (all megatron-core)
     data.py          stage datasets and the resumable micro-batch order
     step.py          one train step / evaluation through megatron-core's pipeline schedules
     checkpointer.py  resume, start weights, periodic saves, the hand-over between stages
-    checkpointing.py dist_checkpointing save/load of model, optimizer, scheduler, RNG
-    rundir.py        the layout of a run directory and a checkpoint directory
+    checkpointing.py a training checkpoint: optimizer, scheduler, RNG, TrainState on top of the
+                     weights format of megatron_patch/checkpoint/ (below training/ and export/)
+    rundir.py        the layout of a run directory (a checkpoint directory's: checkpoint/layout.py)
     evaluation.py    token-level validation in training, and of a checkpoint (tools/evaluate.py)
     metrics.py       log lines, metrics.jsonl (writer and reader), TensorBoard, W&B
     preemption.py    exit on a signal, a wall-clock limit or a step count

@@ -52,7 +52,7 @@ def build_chunks(cfg, patch_size: int, dtype=torch.float32, target_decay: float 
 def wrap_ddp(chunks, cfg, dtype) -> list:
     """Float16Module (bf16) + DDP around each chunk; configures the schedule hooks on the config."""
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
+        grad_reduce_in_fp32=not cfg.parallel.grad_reduce_in_bf16,
         overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
         overlap_param_gather=cfg.parallel.overlap_param_gather,
         use_distributed_optimizer=cfg.optim.use_distributed_optimizer,
@@ -145,13 +145,13 @@ def build_scheduler(optimizer, cfg, stage) -> OptimizerParamScheduler:
     assert stage.lr is not None and stage.min_lr is not None, f"{stage.name} is not a training stage"
     for group in optimizer.param_groups:
         group["max_lr"], group["min_lr"] = stage.lr, stage.min_lr
-    return OptimizerParamScheduler(
+    scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
         max_lr=stage.lr,
         min_lr=stage.min_lr,
         lr_warmup_steps=stage.lr_warmup_iters,
-        lr_decay_steps=stage.train_iters,
+        lr_decay_steps=stage.lr_decay_iters or stage.train_iters,
         lr_decay_style=o.lr_decay_style,
         start_wd=o.weight_decay,
         end_wd=o.weight_decay,
@@ -160,3 +160,6 @@ def build_scheduler(optimizer, cfg, stage) -> OptimizerParamScheduler:
         use_checkpoint_opt_param_scheduler=True,
         override_opt_param_scheduler=False,
     )
+    if stage.schedule_offset:  # --lr-schedule-scope run: this stage continues the run's schedule
+        scheduler.step(increment=stage.schedule_offset)
+    return scheduler

@@ -17,31 +17,10 @@ import torch
 
 from megatron_patch.training import checkpointing as ckpt
 from megatron_patch.training import rundir
+from megatron_patch.training.checkpointing import require_completed
+from megatron_patch.training.convert import convert_to_token
 from megatron_patch.training.stages import Stage, stages_to_run
 from megatron_patch.training.state import TrainState
-
-
-def completed(path: str) -> Optional[bool]:
-    """Whether the full checkpoint `path` was saved after its stage's last step (None for
-    weights-only checkpoints and checkpoints from other tools: nothing to say)."""
-    common = ckpt.common_state(path)
-    if common.get("kind") != "full" or "train_state" not in common:
-        return None
-    state = TrainState.from_checkpoint(common)
-    return state.completed or state.step >= common.get("stage", {}).get("train_iters", float("inf"))
-
-
-def require_completed(path: str, allow_unfinished: bool, what: str) -> None:
-    """Refuse to hand over an unfinished stage's checkpoint unless explicitly allowed."""
-    if allow_unfinished or completed(path) is not False:
-        return
-    common = ckpt.common_state(path)
-    state = TrainState.from_checkpoint(common)
-    raise rundir.CheckpointError(
-        f"{what}: {path} is step {state.step} of {common['stage']['train_iters']} of an unfinished "
-        f"{state.stage} stage. Finish the stage first (relaunch it with --load), or pass "
-        "--allow-unfinished-stage to hand over these weights deliberately"
-    )
 
 
 class Checkpointer:
@@ -91,6 +70,8 @@ class Checkpointer:
         for the first stage of this launch, else the previous stage's weights (its final full
         checkpoint when the stage carries the optimizer: see load_carried)."""
         c = self.cfg.checkpoint
+        if stage.starts_fresh:  # --handover-reinit all: nothing of an earlier stage is kept
+            return None
         first = stage is stages_to_run(self.cfg, self.plan)[0]
         if first and c.init_from:
             path = rundir.resolve_checkpoint(c.init_from)
@@ -184,8 +165,6 @@ class Checkpointer:
 
         Skipped when an earlier launch (or tools/convert_checkpoint.py) already did it, unless
         `redo` (the stage trained in this launch, so older weights would be stale)."""
-        from megatron_patch.training.convert import convert_to_token
-
         dst = rundir.weights_dir(self.run_dir, stage.name)
         if rundir.read_tracker(dst) is not None and not redo:
             return rundir.require_checkpoint(dst)

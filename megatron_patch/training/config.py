@@ -25,9 +25,12 @@ import yaml
 
 from megatron_patch import flags as F
 from megatron_patch.config import PRESETS, ModelConfig, ParallelConfig, get_preset
+from megatron_patch.training import megatron_flags
 
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "Llama2Tokenizer", "HuggingFaceTokenizer", "NullTokenizer")
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "Llama2Tokenizer", "GPTSentencePieceTokenizer",
+                   "HuggingFaceTokenizer", "NullTokenizer", "GPT2BPETokenizer")
 HANDOVER_OPTIMIZER = ("reset", "carry")
+HANDOVER_GROUPS = ("embedding", "output_layer", "final_norm", "out_proj", "layers", "all")
 PATCH_MEAN_DTYPES = ("fp32", "param")
 
 
@@ -64,6 +67,10 @@ class DataConfig:
     """SentencePiece .model file, or a directory holding a Hugging Face tokenizer.json."""
     vocab_size: Optional[int] = None
     """Vocabulary size of the NullTokenizer (other tokenizers know their own)."""
+    vocab_file: Optional[str] = None
+    """GPT2BPETokenizer's vocabulary (GPT-2's vocab.json)."""
+    merge_file: Optional[str] = None
+    """GPT2BPETokenizer's BPE merges (GPT-2's merges.txt)."""
     align_documents: bool = False
     """Pad documents to patch boundaries (the padding is masked from the loss); the paper does not."""
     cache_dir: Optional[str] = field(default=None, metadata=F.flag("--data-cache-path"))
@@ -76,9 +83,14 @@ class DataConfig:
         if self.tokenizer_type == "NullTokenizer":
             if not self.vocab_size or self.vocab_size < 2:
                 raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size N (N >= 2)")
+        elif self.tokenizer_type == "GPT2BPETokenizer" or self.vocab_file or self.merge_file:
+            if launch and not (self.vocab_file and self.merge_file):
+                raise ValueError("GPT2BPETokenizer needs --vocab-file VOCAB.json and --merge-file "
+                                 "MERGES.txt (GPT-2's are gpt2-vocab.json and gpt2-merges.txt)")
         elif launch and not self.tokenizer_model:
             raise ValueError("--tokenizer-model is required (a SentencePiece .model or a directory "
-                             "with tokenizer.json); or --tokenizer-type NullTokenizer --vocab-size N")
+                             "with tokenizer.json); or --tokenizer-type NullTokenizer --vocab-size N; "
+                             "or --vocab-file and --merge-file for GPT2BPETokenizer")
         parts = self.split.replace("/", ",").split(",")
         try:
             weights = [float(p) for p in parts]
@@ -99,7 +111,21 @@ class OptimConfig:
     min_lr: float = 3e-5
     """Learning rate at the end of the decay."""
     lr_warmup_iters: int = 2000
-    """Linear warmup steps; every stage has its own warmup."""
+    """Linear warmup steps; every stage has its own warmup of this many of its steps (the
+    paper's 2000; Megatron-LM's default is 0)."""
+    lr_warmup_fraction: Optional[float] = None
+    """Warmup as a fraction of the decay, as in Megatron-LM, per stage: each stage warms up for
+    this fraction of its own decay steps. Replaces --lr-warmup-iters."""
+    lr_warmup_samples: Optional[int] = None
+    """Warmup in samples (Megatron-LM's sample-based spelling): ceil(samples / --global-batch-size)
+    steps, in every stage, like --lr-warmup-iters. Replaces --lr-warmup-iters."""
+    lr_decay_iters: Optional[int] = None
+    """Decay length in steps of the whole budget, as in Megatron-LM (None: the budget; after the
+    decay the lr stays at --min-lr). Split between stages by their share: each stage decays over
+    round(its steps x lr_decay_iters / budget steps) of its own steps."""
+    lr_decay_samples: Optional[int] = None
+    """Decay length in samples (Megatron-LM's sample-based spelling of --lr-decay-iters:
+    lr_decay_samples / --global-batch-size steps of the budget), split between stages the same way."""
     patch_lr: Optional[float] = None
     """Peak learning rate of the patch stage(s) (None: --lr, the paper's single value)."""
     patch_min_lr: Optional[float] = None
@@ -111,6 +137,21 @@ class OptimConfig:
     """At each hand-over between stages: reset the optimizer (the paper) or carry its state (Adam
     moments and step counts from the previous stage's final checkpoint; the LR schedule and the
     stage's step still start fresh)."""
+    handover_reinit: Optional[str] = None
+    """Parameter groups re-initialised at each hand-over with the model's own init (a fresh draw),
+    comma-separated: embedding, output_layer, final_norm, out_proj (every layer's attention
+    and MLP output projections), layers (every transformer layer), all (a fresh model: with
+    --stage token, the token stage alone, the transfer control). None: the paper's plain
+    carry-over."""
+    handover_shrink: float = 1.0
+    """Shrink and perturb at each hand-over (Ash & Adams, 2020): theta <- shrink * theta +
+    perturb * theta_fresh, on the weights not re-initialised. 1 (with perturb 0): unchanged."""
+    handover_perturb: float = 0.0
+    """The fresh weights' factor of shrink and perturb (see --handover-shrink)."""
+    lr_schedule_scope: str = field(default="stage", metadata=F.flag(
+        "--lr-schedule-scope", choices=("stage", "run")))
+    """stage: every stage warms up and decays over its own steps (the paper); run: one schedule
+    over the whole run (the first stage's warmup, then one decay over all stages' steps)."""
     lr_decay_style: str = field(default="cosine", metadata=F.flag("--lr-decay-style", choices=("cosine", "linear", "constant")))
     """Decay after warmup (megatron-core OptimizerParamScheduler)."""
     weight_decay: float = 0.1
@@ -137,6 +178,18 @@ class OptimConfig:
             raise ValueError(f"need 0 <= --min-lr ({self.min_lr}) <= --lr ({self.lr})")
         if self.lr_warmup_iters < 0:
             raise ValueError("--lr-warmup-iters must be >= 0")
+        self.validate_handover()
+        if self.lr_warmup_fraction is not None and not 0 <= self.lr_warmup_fraction < 1:
+            raise ValueError(f"--lr-warmup-fraction must be in [0, 1), got {self.lr_warmup_fraction}")
+        if self.lr_warmup_fraction is not None and self.lr_warmup_samples is not None:
+            raise ValueError("give one warmup: --lr-warmup-fraction or --lr-warmup-samples (or --lr-warmup-iters)")
+        if self.lr_decay_iters is not None and self.lr_decay_samples is not None:
+            raise ValueError("give one decay length: --lr-decay-iters or --lr-decay-samples")
+        for name in ("lr_warmup_samples", "lr_decay_iters", "lr_decay_samples"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "lr_warmup_samples" else 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be "
+                                 f"{'>= 0' if name == 'lr_warmup_samples' else '>= 1'}, got {value}")
         for name in ("patch_lr", "patch_min_lr"):
             if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ValueError(f"--{name.replace('_', '-')} is {getattr(self, name)}: it must be a finite number")
@@ -159,6 +212,35 @@ class OptimConfig:
         if self.clip_grad < 0:
             raise ValueError("--clip-grad must be >= 0 (0 disables clipping)")
 
+    def reinit_groups(self) -> tuple:
+        """--handover-reinit as a tuple of group names (() when left out)."""
+        if not self.handover_reinit:
+            return ()
+        return tuple(g.strip() for g in str(self.handover_reinit).split(",") if g.strip())
+
+    def validate_handover(self) -> None:
+        bad = [g for g in self.reinit_groups() if g not in HANDOVER_GROUPS]
+        if bad:
+            raise ValueError(f"--handover-reinit {self.handover_reinit}: unknown group(s) {bad}; "
+                             f"choose from {', '.join(HANDOVER_GROUPS)} (comma-separated)")
+        for name in ("handover_shrink", "handover_perturb"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        changed = self.reinit_groups() or (self.handover_shrink, self.handover_perturb) != (1.0, 0.0)
+        if changed and self.handover_optimizer == "carry":
+            raise ValueError("--handover-reinit / --handover-shrink / --handover-perturb change the weights "
+                             "that carried Adam moments belong to; use --handover-optimizer reset with them")
+        if self.lr_schedule_scope == "run":
+            own = [f for f, v in (("--patch-lr", self.patch_lr), ("--patch-min-lr", self.patch_min_lr),
+                                  ("--token-lr-warmup-iters", self.token_lr_warmup_iters),
+                                  ("--lr-decay-iters", self.lr_decay_iters),
+                                  ("--lr-decay-samples", self.lr_decay_samples)) if v is not None]
+            if own:
+                raise ValueError(f"--lr-schedule-scope run is one schedule over the whole run; "
+                                 f"{', '.join(own)} set(s) a stage's own schedule: drop it or use "
+                                 "--lr-schedule-scope stage")
+
     def stage_lrs(self, patch: bool) -> tuple:
         """(peak, final) learning rate of a patch stage (patch=True) or of the token stage."""
         if not patch:
@@ -172,7 +254,13 @@ class TrainConfig:
     """Batch, budget, the patch recipe and the loop's intervals."""
 
     micro_batch_size: int = 1
-    """Sequences per forward pass per data-parallel rank (both stages)."""
+    """Sequences per forward pass per data-parallel rank in the token stage (and, by default,
+    in the patch stage)."""
+    patch_micro_batch_size: Optional[int] = None
+    """Sequences per forward pass per data-parallel rank in the patch stage (None: the token
+    stage's, lowered to the largest value that divides the patch stage's sequences per step
+    per data-parallel rank; a patch sample has T positions, so its activations per sequence
+    are about a token sample's)."""
     global_batch_size: int = 8
     """Sequences per optimizer step in the token stage."""
     seq_length: int = 2048
@@ -241,7 +329,7 @@ class TrainConfig:
             raise ValueError("--eval-iters must be >= 0 (0: no validation)")
         if self.skip_bad_steps < 0:
             raise ValueError("--skip-bad-steps must be >= 0")
-        for name in ("eval_interval", "patch_seq_length", "exit_interval"):
+        for name in ("eval_interval", "patch_seq_length", "exit_interval", "patch_micro_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (or left out), got {getattr(self, name)}")
         if self.exit_duration_in_mins is not None and not self.exit_duration_in_mins > 0:
@@ -472,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
               "train": "training", "checkpoint": "checkpointing", "logging": "logging"}
     for name, cls in ALL_SECTIONS.items():
         F.add_section(p, name, cls, titles[name])
+    megatron_flags.add_arguments(p)  # Megatron-LM flags that are not settings: no-ops, refusals
     return p
 
 
@@ -490,4 +579,7 @@ def parse_config(argv=None) -> RunConfig:
             d.get("train", {}).pop(key, None)
     for section, values in given.items():
         d.setdefault(section, {}).update(values)
-    return config_from_dict(d)
+    notes = megatron_flags.check(ns, d)  # refuses what cannot be honoured, with the reason
+    cfg = config_from_dict(d)
+    cfg.given, cfg.megatron_notes = megatron_flags.given_fields(d), notes
+    return cfg

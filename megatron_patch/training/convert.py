@@ -72,11 +72,9 @@ def convert_to_token(src: str, dst: str, parallel, expect=None, allow_unfinished
     """Weights-only release checkpoint of SRC at DST (all ranks). Returns DST/release.
 
     SRC must be a completed stage (its final checkpoint) unless `allow_unfinished`."""
-    from megatron_patch.training.checkpointer import require_completed
-
     path = resolve_checkpoint(src)
     _check_paths(path, dst)
-    require_completed(path, allow_unfinished, f"--to token from {src}")
+    ckpt.require_completed(path, allow_unfinished, f"--to token from {src}")
     if os.path.isdir(dst) and os.listdir(dst):
         raise ValueError(f"--save {dst} already exists and is not empty; remove it or pick another")
     cfg, chunks = load_model_for(path, parallel, expect=expect)
@@ -97,6 +95,10 @@ def convert_to_hf(src: str, dst: str, tokenizer_model=None, expect=None) -> str:
     if tokenizer_model and not os.path.exists(tokenizer_model):
         raise ValueError(f"--tokenizer-model {tokenizer_model} not found")
     tok = tokenizer_model or cfg.data.tokenizer_model  # the run's, when it is still there
+    if not tok and getattr(cfg.data, "vocab_file", None) and getattr(cfg.data, "merge_file", None):
+        from megatron_patch.data.tokenizer import GPT2BPEFiles  # GPT2BPETokenizer: its two files
+
+        tok = GPT2BPEFiles(cfg.data.vocab_file, cfg.data.merge_file)
     out = export_hf(chunks[0], cfg.model, dst, tokenizer_model=tok if tok and os.path.exists(tok) else None,
                     max_positions=_longest_positions(cfg))
     return str(out)

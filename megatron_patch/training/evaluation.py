@@ -63,7 +63,8 @@ def evaluate_checkpoint(load: str, data_path, tokenizer_model: str, parallel, pa
                         split: Optional[str] = None, seq_length: Optional[int] = None,
                         micro_batch_size: Optional[int] = None, global_batch_size: Optional[int] = None,
                         eval_iters: Optional[int] = None, tokenizer_type: Optional[str] = None,
-                        vocab_size: Optional[int] = None) -> dict:
+                        vocab_size: Optional[int] = None, vocab_file: Optional[str] = None,
+                        merge_file: Optional[str] = None) -> dict:
     """{"loss", "ppl", "tokens"} at token level (+ "patch_loss", "patch_ppl" when K > 1).
 
     Defaults (seq_length, batch sizes, seed) come from the checkpoint's config. On the run's own
@@ -76,10 +77,11 @@ def evaluate_checkpoint(load: str, data_path, tokenizer_model: str, parallel, pa
     path = resolve_checkpoint(load)
     cfg = ckpt.checkpoint_config(path)
     check_data_paths(data_path)
-    vocab = load_tokenizer(tokenizer_model, tokenizer_type=tokenizer_type, vocab_size=vocab_size).vocab_size
+    vocab = load_tokenizer(tokenizer_model, tokenizer_type=tokenizer_type, vocab_size=vocab_size,
+                           vocab_file=vocab_file, merge_file=merge_file).vocab_size
     if vocab != cfg.model.vocab_size:
         raise rundir.CheckpointError(
-            f"tokenizer {tokenizer_model} has {vocab} tokens but checkpoint {path} was trained with "
+            f"tokenizer {tokenizer_model or vocab_file} has {vocab} tokens but checkpoint {path} was trained with "
             f"vocab_size {cfg.model.vocab_size}; pass the run's tokenizer"
         )
     cfg.parallel = dataclasses.replace(parallel)
@@ -88,7 +90,8 @@ def evaluate_checkpoint(load: str, data_path, tokenizer_model: str, parallel, pa
     same_data = list(data_path) == list(cfg.data.data_path)
     split = split or (cfg.data.split if same_data else "0,1,0")
     cfg.data = dataclasses.replace(cfg.data, data_path=list(data_path), tokenizer_model=tokenizer_model,
-                                   tokenizer_type=tokenizer_type, vocab_size=vocab_size, mock_data=False,
+                                   tokenizer_type=tokenizer_type, vocab_size=vocab_size,
+                                   vocab_file=vocab_file, merge_file=merge_file, mock_data=False,
                                    split=split, cache_dir=cfg.data.cache_dir if same_data else None)
     t = cfg.train
     seq = seq_length or t.seq_length

@@ -6,8 +6,10 @@ SAVE/metrics.jsonl (the demo, the study driver and resumes read them with `read_
   {"kind": "train", "stage", "patch_size", "step", "train_iters", "loss", "lr", "grad_norm",
    "ms_per_step", "tokens_per_s", "tflops", "mfu", "mem_gib", "tokens", "flops", "wall_s"}
   {"kind": "eval", "stage", "patch_size", "step", "val_loss", "val_ppl", "tokens", "flops", "wall_s"}
-  {"kind": "data", "stage", "patch_size", "step": 0, "samples", "epochs", "tokens", "flops", "wall_s"}
-    (at a stage's start: how many passes over its share of the data the stage makes)
+  {"kind": "data", "stage", "patch_size", "step": 0, "samples", "epochs", "sources", "tokens", "flops",
+   "wall_s"}
+    (at a stage's start: how many passes over its share of the data the stage makes; `sources`:
+    per --data-path prefix {"prefix", "samples", "share", "range_tokens"}, [] with mock data)
   {"kind": "exit", "stage", "patch_size", "step", "reason", "checkpoint", "tokens", "flops", "wall_s"}
     (the run stopped early on purpose after saving `checkpoint`: relaunch with --load)
 
@@ -24,8 +26,48 @@ from megatron_patch import io
 from megatron_patch.training import rundir
 
 
+DASHBOARDS_EXTRA = "megatron-patch[dashboards]"
+"""The setup.py extra that installs TensorBoard and Weights & Biases."""
+
+
 class MetricsError(ValueError):
     """A metrics.jsonl that cannot be read (a damaged line other than the last)."""
+
+
+def _tensorboard_writer():
+    """torch's SummaryWriter, or None when the tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter
+
+
+def _wandb():
+    try:
+        import wandb
+    except ImportError:
+        return None
+    return wandb
+
+
+def check_dashboards(logging_cfg) -> None:
+    """A dashboard that a flag asks for must be installed: ValueError naming the extra, raised at
+    start on every rank alike (preflight), never a run that silently logs nowhere.
+
+    Only TensorBoard's default (on, into SAVE/tensorboard) stays optional: without the package
+    it is off, with one printed line saying so (MetricsLogger)."""
+    if logging_cfg is None:
+        return
+    hint = f"pip install '{DASHBOARDS_EXTRA}'"
+    if logging_cfg.tensorboard and logging_cfg.tensorboard_dir and _tensorboard_writer() is None:
+        raise ValueError(f"--tensorboard-dir {logging_cfg.tensorboard_dir} asks for TensorBoard events, but the "
+                         f"tensorboard package is not installed: {hint} (or pip install tensorboard), "
+                         "or drop --tensorboard-dir")
+    if logging_cfg.wandb_project and _wandb() is None:
+        raise ValueError(f"--wandb-project {logging_cfg.wandb_project} needs the wandb package: {hint} "
+                         "(or pip install wandb; WANDB_MODE=offline logs without a network), "
+                         "or drop --wandb-project")
 
 
 def read_metrics(path: str) -> List[dict]:
@@ -86,8 +128,11 @@ def format_eval(r: dict) -> str:
 
 def format_data(r: dict) -> str:
     repeat = " (the data repeats: more passes than one)" if r["epochs"] > 1.0 + 1e-9 else ""
+    shares = r.get("sources") or []
+    mix = (" | " + ", ".join(f"{os.path.basename(s['prefix'])} {s['share']:.1%}" for s in shares)
+           if len(shares) > 1 else "")
     return (f"data | stage {r['stage']} K={r['patch_size']} | {r['samples']} samples = "
-            f"{r['epochs']:.3g} epochs of its share of the data{repeat}")
+            f"{r['epochs']:.3g} epochs of its share of the data{repeat}{mix}")
 
 
 def format_exit(r: dict) -> str:
@@ -112,17 +157,18 @@ class MetricsLogger:
         self.tb = None
         self.wandb = None
         self._window = {"loss": 0.0, "steps": 0, "time": 0.0}
+        check_dashboards(logging_cfg)  # every rank: a requested dashboard that cannot run is an error
         if not self.active:
             return
         os.makedirs(run_dir, exist_ok=True)
         if logging_cfg is None or logging_cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                SummaryWriter = None
+            SummaryWriter = _tensorboard_writer()
             if SummaryWriter is not None:
                 tb_dir = getattr(logging_cfg, "tensorboard_dir", None) or rundir.tensorboard_dir(run_dir)
                 self.tb = SummaryWriter(tb_dir)
+            elif logging_cfg is not None:  # the default, not a request: off, and said so
+                self.print(f"TensorBoard events off: the tensorboard package is not installed "
+                           f"(pip install '{DASHBOARDS_EXTRA}'; --no-tensorboard silences this)")
         if logging_cfg is not None and logging_cfg.wandb_project:
             self.wandb = _start_wandb(run_dir, logging_cfg, run_config)
 
@@ -192,11 +238,7 @@ class MetricsLogger:
 
 
 def _start_wandb(run_dir: str, logging_cfg, run_config: Optional[dict]):
-    try:
-        import wandb
-    except ImportError:
-        raise ValueError("--wandb-project needs the wandb package: pip install wandb "
-                         "(WANDB_MODE=offline logs without a network)") from None
+    wandb = _wandb()  # present: check_dashboards ran first
     save_dir = logging_cfg.wandb_save_dir or os.path.join(run_dir, "wandb")
     os.makedirs(save_dir, exist_ok=True)
     return wandb.init(project=logging_cfg.wandb_project,

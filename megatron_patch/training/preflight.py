@@ -10,7 +10,9 @@ import os
 
 from megatron_patch import device
 from megatron_patch.data.paths import check_data_paths
+from megatron_patch.training import megatron_flags
 from megatron_patch.training.config import RunConfig
+from megatron_patch.training.metrics import check_dashboards
 from megatron_patch.training.ownership import check_launch
 from megatron_patch.training.stages import plan_stages
 
@@ -36,11 +38,13 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if not cfg.checkpoint.save:
         raise ValueError("--save is required: the run directory for checkpoints and metrics")
     check_launch(cfg)
+    check_dashboards(cfg.logging)  # --tensorboard-dir / --wandb-project without the package
     d = cfg.data
     if not d.mock_data:
         check_data_paths(d.data_path)
     cfg.model.vocab_size = load_tokenizer(d.tokenizer_model, tokenizer_type=d.tokenizer_type,
-                                          vocab_size=d.vocab_size).vocab_size
+                                          vocab_size=d.vocab_size, vocab_file=d.vocab_file,
+                                          merge_file=d.merge_file).vocab_size
     cfg.train.bf16 = device.compute_dtype(cfg.train.bf16) == device.compute_dtype(True)
     if cfg.checkpoint.init_from and not os.path.exists(cfg.checkpoint.init_from):
         raise ValueError(f"--init-from {cfg.checkpoint.init_from} does not exist")
@@ -48,4 +52,5 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.model.max_position_embeddings is None:
         cfg.model.max_position_embeddings = max(s.positions for s in stages)
     cfg.resolved = True
+    megatron_flags.print_notes(cfg)  # rank 0: defaults that differ from Megatron-LM's, no-op flags
     return cfg

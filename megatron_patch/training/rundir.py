@@ -1,4 +1,5 @@
-"""The layout of a run directory and of its checkpoint directories: the only module that knows it.
+"""The layout of a run directory: the only module that knows it (a checkpoint directory's own
+layout is megatron_patch/checkpoint/layout.py's, re-exported here).
 
     SAVE/                              a run of tools/pretrain.py (--save)
       patch/  token/                   one checkpoint directory per stage (named after the stage)
@@ -17,11 +18,15 @@ Nothing here imports torch: analysis code and the CLIs read runs through these f
 """
 import os
 import re
-from typing import List, Optional
+from typing import List
 
-TRACKER = "latest_checkpointed_iteration.txt"
-RELEASE = "release"
-CONFIG_FILE = "config.yaml"
+# The checkpoint directory's layout is megatron_patch/checkpoint/layout.py's (below training/ and
+# export/); its names are re-exported here so run-directory code reads one module.
+from megatron_patch.checkpoint.layout import (  # noqa: F401
+    CONFIG_FILE, RELEASE, TRACKER, CheckpointError, check_complete, checkpoint_root, is_checkpoint_dir,
+    iteration_name, latest_checkpoint, read_tracker, require_checkpoint, tracker_text,
+)
+
 METRICS_FILE = "metrics.jsonl"
 COMPUTE_FILE = "compute.json"
 RUN_FILE = "run.json"
@@ -31,10 +36,6 @@ STAGE_NAMES = ("patch", "token")
 """The stages of the one-patch-stage recipe, in order; a K schedule names its patch stages
 `patch_k<K>` (see patch_stage_name)."""
 _SCHEDULED = re.compile(r"patch_k(\d+)")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete, unreadable or does not fit the model."""
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -124,72 +125,7 @@ def holds_run(run_dir: str) -> bool:
     )
 
 
-# ----------------------------------------------------------------------------- checkpoint directory
-
-
-def is_checkpoint_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, TRACKER))
-
-
-def iteration_name(step: int) -> str:
-    return f"iter_{step:07d}"
-
-
-def read_tracker(ckpt_dir: str) -> Optional[str]:
-    """The latest checkpoint's sub-directory name ("iter_0000020" / "release"), None if none."""
-    path = os.path.join(ckpt_dir, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        text = f.read().strip()
-    if text == RELEASE:
-        return RELEASE
-    if not text.isdigit():
-        raise CheckpointError(f"{path} holds {text!r}, not an iteration number or 'release'")
-    return iteration_name(int(text))
-
-
-def tracker_text(step: Optional[int]) -> str:
-    """What the pointer file holds: the step, or "release" for weights only (step None)."""
-    return RELEASE if step is None else str(step)
-
-
-def check_complete(path: str) -> None:
-    """Raise CheckpointError unless `path` has everything a finished torch_dist save writes.
-
-    config.yaml (ours, beside every checkpoint of this product) is not required here: a
-    Megatron-LM checkpoint has its arguments in the common state instead."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} named by {TRACKER} does not exist")
-    needed = ["metadata.json", "common.pt", ".metadata"]
-    missing = [n for n in needed if not os.path.isfile(os.path.join(path, n))]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: missing {missing}")
-    if not any(n.endswith(".distcp") for n in os.listdir(path)):
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted: no tensor shards")
-
-
-def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
-    """Path of the newest complete checkpoint in ckpt_dir, or None when ckpt_dir has none."""
-    name = read_tracker(ckpt_dir)
-    if name is None:
-        return None
-    path = os.path.join(ckpt_dir, name)
-    check_complete(path)
-    return path
-
-
-def require_checkpoint(ckpt_dir: str) -> str:
-    """Like latest_checkpoint, but a missing checkpoint is an error that says what to pass."""
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
-    path = latest_checkpoint(ckpt_dir)
-    if path is None:
-        raise CheckpointError(
-            f"{ckpt_dir} has no {TRACKER}: not a checkpoint directory, or no checkpoint was "
-            "completed there (pass the directory that holds iter_*/ or release/)"
-        )
-    return path
+# ----------------------------------------------------------------------------- checkpoints of a run
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -206,9 +142,3 @@ def resolve_checkpoint(path: str) -> str:
         check_complete(path)
         return path
     return require_checkpoint(path)  # raises with the "no pointer" message
-
-
-def checkpoint_root(path: str) -> str:
-    """The checkpoint directory that holds checkpoint `path` (itself if it has the pointer)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    return parent if is_checkpoint_dir(parent) else path

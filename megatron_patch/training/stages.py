@@ -57,6 +57,16 @@ class Stage:
     """Target k of a patch weighs target_decay**k, normalised to average 1 (1: uniform)."""
     mean_dtype: str = "fp32"
     """Accumulation dtype of the K-token patch mean: "fp32" or "param"."""
+    reinit: Tuple[str, ...] = ()
+    """Parameter groups re-initialised (a fresh draw of the model's own init) when this stage
+    starts from the previous stage's weights (training/handover.py); ("all",): a fresh model."""
+    shrink: float = 1.0
+    """Shrink and perturb at this stage's start: theta <- shrink * theta + perturb * theta_fresh."""
+    perturb: float = 0.0
+    """See `shrink` (Ash & Adams, 2020); (1, 0) keeps the weights as they are."""
+    schedule_offset: int = 0
+    """Steps of the run's one LR schedule before this stage (--lr-schedule-scope run); 0 with a
+    schedule per stage."""
     lr_decay_iters: Optional[int] = None
     """Steps the LR decays over (None: train_iters); afterwards it stays at min_lr."""
 
@@ -68,6 +78,11 @@ class Stage:
     @property
     def tokens_per_step(self) -> int:
         return self.global_batch_size * self.seq_length
+
+    @property
+    def starts_fresh(self) -> bool:
+        """Every weight is re-initialised at the hand-over: the stage needs no earlier weights."""
+        return "all" in self.reinit
 
     @property
     def kind(self) -> str:
@@ -134,9 +149,24 @@ def plan_stages(cfg, data_parallel_size: int = 1) -> List[Stage]:
         stages.append(Stage("token", 1, token_steps, t.global_batch_size, t.micro_batch_size,
                             token_seq, (lam, 1.0), warmup, o.lr, o.min_lr, carry and bool(stages)))
     stages = [replace(s, **lr_schedule(cfg, s, n)) for s in stages]
+    stages = [_with_handover(cfg, s, i, stages) for i, s in enumerate(stages)]
     for s in stages:
         check_stage(cfg, s, data_parallel_size)
     return stages
+
+
+def _with_handover(cfg, stage: Stage, index: int, stages: List[Stage]) -> Stage:
+    """The hand-over variants (every stage after the first) and the run-wide LR schedule."""
+    o = cfg.optim
+    changes = {}
+    if index > 0:
+        changes.update(reinit=o.reinit_groups(), shrink=o.handover_shrink, perturb=o.handover_perturb)
+    if o.lr_schedule_scope == "run":
+        # One schedule: the first stage's warmup, then one decay over every stage's steps.
+        changes.update(schedule_offset=sum(s.train_iters for s in stages[:index]),
+                       lr_warmup_iters=stages[0].lr_warmup_iters,
+                       lr_decay_iters=sum(s.train_iters for s in stages))
+    return replace(stage, **changes) if changes else stage
 
 
 def lr_schedule(cfg, stage: Stage, n: int) -> dict:
@@ -203,7 +233,9 @@ def recipe(cfg) -> dict:
     return {"patch_schedule": [[K, f] for K, f in t.patch_phases()], "patch_lr": o.patch_lr,
             "patch_min_lr": o.patch_min_lr, "token_lr_warmup_iters": o.token_lr_warmup_iters,
             "handover_optimizer": o.handover_optimizer, "patch_target_decay": t.patch_target_decay,
-            "patch_mean_dtype": t.patch_mean_dtype}
+            "patch_mean_dtype": t.patch_mean_dtype, "handover_reinit": o.handover_reinit,
+            "handover_shrink": o.handover_shrink, "handover_perturb": o.handover_perturb,
+            "lr_schedule_scope": o.lr_schedule_scope, "output_proj_init": cfg.model.output_proj_init}
 
 
 def eval_stage(cfg) -> Stage:
@@ -229,7 +261,7 @@ def check_stage(cfg, stage: Stage, dp: int) -> None:
             f"{stage.lr_decay_iters} (--lr-decay-iters/--lr-decay-samples, split by its share of "
             "the budget); the warmup must be shorter than the decay"
         )
-    if stage.lr_warmup_iters >= stage.train_iters:
+    if stage.schedule_offset == 0 and stage.lr_warmup_iters >= stage.train_iters:
         flag = "--token-lr-warmup-iters" if stage.kind == "token" and cfg.optim.token_lr_warmup_iters is not None \
             else "--lr-warmup-iters"
         raise ValueError(

@@ -25,7 +25,7 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_patch import device, distributed
-from megatron_patch.training import builders
+from megatron_patch.training import builders, handover
 from megatron_patch.training.account import compute_account, summary_lines, write_account
 from megatron_patch.training.checkpointer import Checkpointer
 from megatron_patch.training.config import RunConfig, to_dict
@@ -114,6 +114,8 @@ class Trainer:
         init = ckpt.find_init(stage) if resume is None else None
         if init:
             ckpt.load_init(init, chunks)
+        if resume is None and (init or stage.starts_fresh) and handover.changes_weights(stage):
+            self.logger.print(handover.apply_at_start(cfg, stage, self.plan.index(stage), chunks, self.dtype))
         model = builders.wrap_ddp(chunks, cfg, self.dtype)
         optimizer = builders.build_optimizer(model, cfg, self.dtype)
         builders.connect_schedule(model, optimizer, cfg)

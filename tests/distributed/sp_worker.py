@@ -4,7 +4,7 @@ stepped by the product's own builders and train step.
 Run by tests/distributed/test_sequence_parallel.py (2 processes, gloo, CPU):
     torchrun --nproc_per_node 2 tests/distributed/sp_worker.py --patch-sizes 1,4 --steps 8
 In one launch and for each K: train at TP=1 (DP=2), then at TP=2 with sequence_parallel, from
-the same weights (use_cpu_initialization) and the same global batches. Gradients are compared in
+the same weights (--use-cpu-initialization) and the same global batches. Gradients are compared in
 the worker (after gathering the TP shards to full tensors), so only differences travel back.
 """
 import argparse
@@ -41,7 +41,8 @@ def flags(K, tp, steps, groups):
     out = ["--model", "tiny", "--transformer-impl", "sdpa", "--group-query-attention",
            "--num-query-groups", groups, "--seq-length", PATCHES, "--micro-batch-size", 1,
            "--global-batch-size", 2, "--lr", 1e-3, "--min-lr", 1e-3, "--lr-decay-style", "constant",
-           "--lr-warmup-iters", 0, "--tensor-model-parallel-size", tp]
+           "--lr-warmup-iters", 0, "--tensor-model-parallel-size", tp,
+           "--use-cpu-initialization"]  # the same full weights at TP=1 and TP=2, also on a GPU
     if tp > 1:
         out.append("--sequence-parallel")
     if K == 1:

@@ -80,3 +80,32 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path):
         (tmp_path / tmp / "b").write_text("2")
         assert (target / "a").exists()
     assert sorted(os.listdir(target)) == ["b"] and _leftovers(tmp_path) == []
+
+
+def test_save_array_is_atomic_and_memory_mappable(tmp_path, monkeypatch):
+    import numpy as np
+
+    path = str(tmp_path / "sub" / "a.npy")
+    io.save_array(path, np.arange(5, dtype=np.int64))
+    assert np.load(path, mmap_mode="r").tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):  # object arrays would need pickle: refused, nothing replaced
+        io.save_array(path, np.array([{"a": 1}], dtype=object))
+    assert np.load(path).tolist() == [0, 1, 2, 3, 4] and _leftovers(tmp_path / "sub") == []
+
+
+def test_index_cache_writes_through_io(tmp_path, monkeypatch):
+    """data/cache.py saves its arrays and description with io's atomic writers."""
+    import numpy as np
+
+    from megatron_patch.data import cache
+
+    written = []
+    for name in ("save_array", "write_text"):
+        real = getattr(io, name)
+        monkeypatch.setattr(io, name, lambda path, obj, _real=real: (written.append(os.path.basename(path)),
+                                                                   _real(path, obj))[1])
+    out = cache.cached_arrays(str(tmp_path / "c"), {"kind": "t", "x": 1}, ("a", "b"),
+                              lambda: {"a": np.arange(3), "b": np.ones(2)})
+    assert out["a"].tolist() == [0, 1, 2] and out["b"].tolist() == [1.0, 1.0]
+    assert sorted(n.split("-", 1)[1] for n in written) == ["t-a.npy", "t-b.npy", "t-description.json"]
+    assert _leftovers(tmp_path / "c") == []

@@ -110,3 +110,25 @@ def test_bad_input(runs, capsys, argv, msg):
     assert demo_report.main(argv + ["--out", str(runs / "bad")]) == 1
     assert msg in capsys.readouterr().err
     assert not (runs / "bad").exists()
+
+
+def test_transfer_of_the_patch_run(runs, capsys):
+    """The demo's fourth run: the token stage alone; the report prints loss(alone) - loss(patch)."""
+    _write_run(runs / "alone", [("token", 1, 10, 1000, 1.0, [5.5, 5.3])])
+    (runs / "alone.json").write_text(json.dumps({"loss": 5.25, "ppl": math.exp(5.25)}))
+    (runs / "patch.json").write_text(json.dumps({"loss": 5.1, "ppl": math.exp(5.1)}))
+    argv = ["--run", f"token-only={runs / 'base'}", "--run", f"patch-K4={runs / 'patch'}",
+            "--run", f"token-stage-alone={runs / 'alone'}", "--out", str(runs / "o"), "--no-plot",
+            "--transfer", "token-stage-alone=patch-K4"]
+    assert demo_report.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "transfer of patch-K4: token-stage-alone 5.300 - patch-K4 5.000 = +0.300 nats (run loss" in printed
+    s = json.loads((runs / "o" / "summary.json").read_text())
+    assert [r["name"] for r in s["runs"]] == ["token-only", "patch-K4", "token-stage-alone"]
+    assert s["transfer"][0]["transfer_nats"] == pytest.approx(0.3)
+    # both held out: the held-out losses
+    argv += ["--eval", f"token-stage-alone={runs / 'alone.json'}", "--eval", f"patch-K4={runs / 'patch.json'}"]
+    assert demo_report.main(argv) == 0
+    assert "= +0.150 nats (held-out loss" in capsys.readouterr().out
+    assert demo_report.main(argv[:-6] + ["--transfer", "nope=patch-K4"]) == 1
+    assert "unknown run" in capsys.readouterr().err

@@ -328,7 +328,8 @@ def test_driver_runs_skips_resumes_and_reports_failures(tmp_path):
         ("K2-lam0.5-same_tokens", str(out / "runs" / "K2-lam0.5-same_tokens"))]
     assert proc.stdout.count("finished, skipped") == 2
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == 4 and all(line.endswith(",finished") for line in csv_lines[1:])
+    status = csv_lines[0].split(",").index("status")
+    assert len(csv_lines) == 4 and all(line.split(",")[status] == "finished" for line in csv_lines[1:])
 
 
 def test_driver_stops_at_first_failure_and_checks_inputs(tmp_path):
@@ -388,8 +389,10 @@ def test_tiny_real_grid(tmp_path):
 
 @pytest.mark.skipif(not os.path.isfile(PRETRAIN), reason="tools/pretrain.py not written yet")
 def test_tiny_real_knob_grid(tmp_path):
-    """Every recipe knob once around a centre (K=4, lambda=1/2), plus the centre with a second
-    seed: eight real one-process runs of the tiny model, a few steps each."""
+    """Every recipe knob once around a centre (K=4, lambda=1/2), the hand-over variants (re-init
+    of the output projections, shrink and perturb, one LR schedule over the run) and the plain
+    output-projection init, the centre with a second seed, and the centre's transfer control
+    (its token stage alone): thirteen real one-process runs of the tiny model, a few steps each."""
     import numpy as np
     import sentencepiece
 
@@ -402,21 +405,24 @@ def test_tiny_real_knob_grid(tmp_path):
     out = tmp_path / "study"
     axes = ["--patch-lr", "none", "3e-3", "--handover-optimizer", "reset", "carry",
             "--token-lr-warmup-iters", "none", "2", "--patch-schedule", "none", "4:1/4,2:1/4",
-            "--patch-target-decay", "1", "0.5", "--patch-mean-dtype", "fp32", "param", "--seeds", "1234", "5678"]
+            "--patch-target-decay", "1", "0.5", "--patch-mean-dtype", "fp32", "param", "--seeds", "1234", "5678",
+            "--handover-reinit", "none", "out_proj", "--handover-shrink-perturb", "none", "0.5:0.5",
+            "--lr-schedule-scope", "stage", "run", "--output-proj-init", "scaled", "plain",
+            "--transfer-controls", "K4-lam0.5-same_tokens"]
     cmd = [sys.executable, STUDY, "--out", str(out), "--data-path", prefix, "--tokenizer-model", tok,
            "--model", "tiny", "--train-tokens", "1024", "--patch-sizes", "4", "--patch-fractions", "1/2",
            "--controls", "--design", "star", "--launcher", "python", *axes,
            "--", "--num-layers", "2", "--seq-length", "32", "--patch-seq-length", "32", "--global-batch-size", "4",
            "--micro-batch-size", "4", "--lr-warmup-iters", "1", "--eval-iters", "1", "--split", "90,10,0",
            "--no-tensorboard", "--bf16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     logs = "".join((out / "logs" / n).read_text() for n in os.listdir(out / "logs")) if (out / "logs").exists() else ""
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs[-4000:]
     grid = json.loads((out / "grid.json").read_text())["runs"]
     rows = {r["name"]: r for r in results.collect([RunSpec(**r) for r in grid], str(out / "runs"))}
     centre = rows["K4-lam0.5-same_tokens"]
-    assert len(rows) == 8 and {r["status"] for r in rows.values()} == {"finished"}
+    assert len(rows) == 13 and {r["status"] for r in rows.values()} == {"finished"}
     assert (centre["patch_steps"], centre["token_steps"]) == (4, 4)
     sched = rows["K4-lam0.5-same_tokens-sched_K4x0.25-K2x0.25"]
     assert (sched["patch_steps"], sched["token_steps"], sched["patch_schedule"]) == (4, 4, "4:1/4,2:1/4")
@@ -426,15 +432,29 @@ def test_tiny_real_knob_grid(tmp_path):
     # each knob reached the trainer: its compute.json records it, and the run trained differently
     for name, field, value in (("plr0.003", "patch_lr", 3e-3), ("handover_carry", "handover_optimizer", "carry"),
                                ("twarm2", "token_lr_warmup_iters", 2), ("decay0.5", "patch_target_decay", 0.5),
-                               ("mean_param", "patch_mean_dtype", "param")):
+                               ("mean_param", "patch_mean_dtype", "param"), ("reinit_out_proj", "handover_reinit", "out_proj"),
+                               ("shrink0.5-perturb0.5", "handover_shrink", 0.5),
+                               ("shrink0.5-perturb0.5", "handover_perturb", 0.5),
+                               ("lrscope_run", "lr_schedule_scope", "run"), ("oproj_plain", "output_proj_init", "plain")):
         run = f"K4-lam0.5-same_tokens-{name}"
         with open(out / "runs" / run / "compute.json") as f:
             assert json.load(f)["recipe"][field] == value, run
         assert rows[run][field] == value
         assert rows[run]["final_val_loss"] != centre["final_val_loss"], run
+    # the transfer control: the centre's token stage alone (same steps and data), from a fresh init
+    alone = rows["K4-lam0.5-same_tokens-alone"]
+    assert (alone["kind"], alone["patch_steps"], alone["token_steps"]) == ("alone", 0, centre["token_steps"])
+    assert alone["tokens"] == centre["tokens"] // 2
+    with open(out / "runs" / alone["name"] / "compute.json") as f:
+        assert json.load(f)["recipe"]["handover_reinit"] == "all"
+    assert centre["transfer_control"] == alone["name"]
+    assert centre["transfer_nats"] == pytest.approx(alone["final_val_loss"] - centre["final_val_loss"])
+    assert alone["final_val_loss"] != centre["final_val_loss"]
+    assert rows["K4-lam0.5-same_tokens-reinit_out_proj"].get("transfer_nats") is not None  # shares the control
     seed = rows["K4-lam0.5-same_tokens-seed5678"]
     assert seed["seed"] == 5678 and seed["final_val_loss"] != centre["final_val_loss"]
     md = (out / "results.md").read_text()
-    for header in ("K schedule", "patch lr", "token warmup", "hand-over optim", "target decay", "patch mean", "seed"):
+    for header in ("K schedule", "patch lr", "token warmup", "hand-over optim", "target decay", "patch mean", "seed",
+                   "re-init", "shrink", "perturb", "LR schedule", "out-proj init", "transfer nats"):
         assert f"| {header} |" in md, header
     assert "val_loss_by_knob.png" in md and (out / "val_loss_by_knob.png").read_bytes()[:8] == PNG_MAGIC

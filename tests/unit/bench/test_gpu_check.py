@@ -101,3 +101,17 @@ def test_smoke_report_values(smoke):
     assert t["resume_bitwise"] is True  # CPU kernels are deterministic: the resume is exact
     assert 0 < t["bf16_vs_fp32_max_rel_diff"] <= 0.03
     assert t["loss_last"] < t["loss_first"]
+
+
+def test_gpu_check_trains_through_the_training_api_not_a_command():
+    """bench/ is a library: it calls the Trainer API that cli/pretrain.py calls, never a CLI's main."""
+    import ast
+    from pathlib import Path
+
+    import megatron_patch.bench as bench
+
+    for path in Path(bench.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("megatron_patch.cli") for n in names), (path.name, names)

@@ -1,18 +1,20 @@
-"""examples/slurm against stand-in SLURM commands.
+"""examples/slurm, on a real SLURM (two slurmd nodes on this machine, tests/slurm/cluster.py).
 
-- The scripts never override the YAML config: a knob passes its flag only when it is set.
-- The two-stage chain survives a stage that runs out of time: a stand-in `sbatch` queues the jobs,
-  a small scheduler here runs them in `--dependency=afterok:` order (re-running a job that
-  `scontrol requeue` marked), `srun` runs its command locally under the real torchrun, and the
-  patch job's batch shell gets SLURM's warning signal (SIGUSR1) mid-stage, as before a time limit.
+- The scripts never override the YAML config: a knob passes its flag only when it is set (these
+  run the stage scripts outside SLURM, with `srun`/`scontrol`/`squeue` that only record).
+- The whole chain through examples/slurm/submit_two_stage.sh on 2 nodes, 1 process per node, a
+  tiny model, for every way a job can end: straight through; SLURM's time-limit warning signal;
+  a preemption's SIGTERM; a real failure; a node's processes killed; a time limit met by the
+  job's own clock (--exit-duration-in-mins). The scenarios run side by side on the cluster (one
+  module fixture submits them all); each test then checks one.
+
+A requeued job waits for its BeginTime (about 150 s after the requeue). To keep the suite short,
+the fixture moves it to now (`scontrol update JobId=N StartTime=now`) once the requeue shows.
 """
-import json
 import os
-import signal
-import socket
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,95 +24,37 @@ from tests import ROOT
 SLURM = ROOT / "examples" / "slurm"
 VENV_BIN = Path(sys.executable).parent
 
-# ----------------------------------------------------------------------------- stand-in commands
+# ----------------------------------------------------------------------------- the config is the truth
 
-SBATCH = """#!{python}
-# Queues a job: its options, script and environment (--export=ALL); prints the job id.
-import json, os, sys
-state = os.environ["FAKE_SLURM"]
-with open(os.path.join(state, "next_id"), "a+") as f:
-    f.seek(0)
-    job_id = int(f.read() or 100) + 1
-    f.seek(0); f.truncate(); f.write(str(job_id))
-args = sys.argv[1:]
-opts = [a for a in args if a.startswith("-")]
-script = next(a for a in args if not a.startswith("-"))
-deps = [d for o in opts if o.startswith("--dependency=afterok:") for d in o.split(":")[1:]]
-output = next((o.split("=", 1)[1] for o in opts if o.startswith("--output=")), "slurm-%j.out")
-job = dict(id=job_id, args=args, script=script, deps=[int(d) for d in deps], output=output,
-           cwd=os.getcwd(), env=dict(os.environ))
-with open(os.path.join(state, f"job.{{job_id}}.json"), "w") as f:
-    json.dump(job, f)
-print(f"{{job_id}};cluster" if "--parsable" in opts else f"Submitted batch job {{job_id}}")
-"""
-
-SRUN = """#!/bin/bash
-# Runs its command here, as one task; remembers the pid for scancel; logs its arguments.
-printf '%s\\0' "$@" > "$FAKE_SLURM/srun.$SLURM_JOB_ID.$(date +%s%N)"
-while [[ $# -gt 0 && "$1" == -* ]]; do shift; done
-echo $$ >> "$FAKE_SLURM/steps.$SLURM_JOB_ID"
-exec "$@"
-"""
-
-SRUN_RECORD = """#!/bin/bash
-# Logs its arguments and succeeds without running anything.
-printf '%s\\0' "$@" > "$FAKE_SLURM/srun.$SLURM_JOB_ID.$(date +%s%N)"
-"""
-
-SCONTROL = """#!/bin/bash
-echo "scontrol $*" >> "$FAKE_SLURM/log"
-case "$1 $2" in
-    "show hostnames") echo localhost ;;
-    requeue*) touch "$FAKE_SLURM/requeue.$2" ;;
-    *) echo "scontrol stand-in: unsupported $*" >&2; exit 1 ;;
+RECORD = """#!/bin/bash
+# {name} that records its arguments (srun: succeeds without running anything).
+printf '%s\\0' "$@" > "$RECORD_DIR/{name}.$(date +%s%N)"
+case "{name} $1 $2" in
+    "scontrol show hostnames") echo node1 ;;
+    "scontrol -o show") echo "NodeName=node1 Arch=x86_64 NodeAddr=10.1.2.3 NodeHostName=n1" ;;
+    "squeue "*) echo "${{FAKE_TIME_LEFT:-1-00:00:00}}" ;;
 esac
 """
 
-SCANCEL = """#!/bin/bash
-# scancel --signal=SIG JOBID: the signal to every task of the job's steps (not the batch shell).
-echo "scancel $*" >> "$FAKE_SLURM/log"
-sig=${1#--signal=}
-for pid in $(cat "$FAKE_SLURM/steps.$2" 2>/dev/null); do kill -s "$sig" "$pid" 2>/dev/null || true; done
-"""
 
-
-def install_fakes(tmp_path, srun=SRUN) -> dict:
-    """A directory of stand-ins first on PATH; returns the environment to run the scripts in."""
-    bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
+def recording_env(tmp_path) -> dict:
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
     bin_dir.mkdir()
-    state.mkdir()
-    for name, text in (("sbatch", SBATCH.format(python=sys.executable)), ("srun", srun),
-                       ("scontrol", SCONTROL), ("scancel", SCANCEL)):
-        (bin_dir / name).write_text(text)
+    record.mkdir()
+    for name in ("srun", "scontrol", "squeue", "scancel"):
+        (bin_dir / name).write_text(RECORD.format(name=name))
         (bin_dir / name).chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=str(ROOT), FAKE_SLURM=str(state), OMP_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT),
+               RECORD_DIR=str(record), SLURM_JOB_ID="7", SLURM_JOB_NODELIST="node[1-2]",
+               SLURM_JOB_NUM_NODES="1", SLURM_SUBMIT_DIR=str(ROOT))
     return env
 
 
-def srun_calls(env) -> list:
-    """Arguments of every srun call, in order."""
-    state = Path(env["FAKE_SLURM"])
-    files = sorted(state.glob("srun.*"), key=lambda p: int(p.name.split(".")[-1]))
+def calls(env, name: str) -> list:
+    files = sorted(Path(env["RECORD_DIR"]).glob(f"{name}.*"), key=lambda p: int(p.name.split(".")[-1]))
     return [p.read_bytes().decode().split("\0")[:-1] for p in files]
 
-
-def pretrain_args(env) -> list:
-    """The tools/pretrain.py arguments of the (only) training step."""
-    (call,) = [c for c in srun_calls(env) if "tools/pretrain.py" in c]
-    return call[call.index("tools/pretrain.py") + 1:]
-
-
-def slurm_env(env, job_id: int, restarts: int = 0) -> dict:
-    out = dict(env, SLURM_JOB_ID=str(job_id), SLURM_JOB_NODELIST="localhost", SLURM_JOB_NUM_NODES="1",
-               SLURM_SUBMIT_DIR=str(ROOT))
-    if restarts:
-        out["SLURM_RESTART_COUNT"] = str(restarts)
-    return out
-
-
-# ----------------------------------------------------------------------------- the config is the truth
 
 REQUIRED = {"DATA_PATH": "0.5 /d/a 0.5 /d/b", "TOKENIZER": "/t.model"}
 KNOB_FLAGS = {  # knob: (flag, value, config section, field)
@@ -133,16 +77,19 @@ KNOB_FLAGS = {  # knob: (flag, value, config section, field)
 }
 
 
-def run_stage(script: str, env: dict, tmp_path, **knobs) -> list:
-    env = slurm_env(dict(env, SAVE=str(tmp_path / "run"), **REQUIRED, **knobs), 7)
+def run_stage(script: str, env: dict, tmp_path, **knobs):
+    """(tools/pretrain.py arguments, torchrun options, output) of one run of a stage script."""
+    env = dict(env, SAVE=str(tmp_path / "run"), **REQUIRED, **knobs)
     env.pop("TRAIN_TOKENS", None)
     if script == "token_stage.sbatch":
         env["INIT"] = ""
-    for old in Path(env["FAKE_SLURM"]).glob("srun.*"):
+    for old in Path(env["RECORD_DIR"]).glob("srun.*"):
         old.unlink()
     proc = subprocess.run(["bash", str(SLURM / script)], env=env, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return pretrain_args(env)
+    (call,) = [c for c in calls(env, "srun") if "tools/pretrain.py" in c]
+    i = call.index("tools/pretrain.py")
+    return call[i + 1:], call[call.index("torchrun") + 1:i], proc.stdout + proc.stderr
 
 
 def parsed(args):
@@ -154,31 +101,34 @@ def parsed(args):
 @pytest.mark.parametrize("script", ["patch_stage.sbatch", "token_stage.sbatch"])
 def test_the_scripts_do_not_override_the_config(script, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    env = install_fakes(tmp_path, srun=SRUN_RECORD)
-    args = run_stage(script, dict(env, CONFIG="examples/configs/2_7b.yaml"), tmp_path)
+    env = recording_env(tmp_path)
+    args, torchrun, _ = run_stage(script, dict(env, CONFIG="examples/configs/2_7b.yaml"), tmp_path)
     stage = script.split("_")[0]
     save = str(tmp_path / "run")
+    # A day left, less the 10-minute save margin: the clock exit comes after the config.
     assert args == ["--stage", stage, "--data-path", "0.5", "/d/a", "0.5", "/d/b", "--tokenizer-model",
                     "/t.model", "--save", save, "--load", save, "--exit-signal-handler",
-                    "--config", "examples/configs/2_7b.yaml"]
+                    "--config", "examples/configs/2_7b.yaml", "--exit-duration-in-mins", "1430.00"]
+    # No GPU in the job: one process per node; the rendezvous is the first node's NodeAddr.
+    assert "--nproc-per-node=1" in torchrun and "--rdzv-endpoint=10.1.2.3:29500" in torchrun
     cfg = parsed(args)  # the config's values stand: TP=2, micro-batch 2, its budget and recipe
     assert cfg.parallel.tensor_model_parallel_size == 2 and cfg.train.micro_batch_size == 2
     assert cfg.train.train_tokens == 360_000_000_000 and cfg.train.patch_size == 4
 
-    tp4 = run_stage(script, dict(env, CONFIG="examples/configs/2_7b.yaml", TP="4"), tmp_path / "tp")
-    assert tp4[tp4.index("--tensor-model-parallel-size"):] == ["--tensor-model-parallel-size", "4"]
-    assert [a for a in tp4 if a.startswith("--")] == [a for a in args if a.startswith("--")] + [
-        "--tensor-model-parallel-size"]
+    tp4, _, _ = run_stage(script, dict(env, CONFIG="examples/configs/2_7b.yaml", TP="4"), tmp_path / "tp")
+    assert tp4[tp4.index("--tensor-model-parallel-size"):][:2] == ["--tensor-model-parallel-size", "4"]
+    assert [a for a in tp4 if a.startswith("--")] == [a for a in args if a.startswith("--")][:-1] + [
+        "--tensor-model-parallel-size", "--exit-duration-in-mins"]
 
 
 def test_every_knob_passes_exactly_its_flag(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    env = install_fakes(tmp_path, srun=SRUN_RECORD)
+    env = recording_env(tmp_path)
     knobs = {k: v[1] for k, v in KNOB_FLAGS.items()}
     per_stage = {}
     for script in ("patch_stage.sbatch", "token_stage.sbatch"):
-        args = run_stage(script, dict(env, CONFIG="", EXTRA_ARGS="--model tiny --num-layers 2"),
-                         tmp_path / script, **knobs)
+        args, _, _ = run_stage(script, dict(env, CONFIG="", EXTRA_ARGS="--model tiny --num-layers 2",
+                                            FAKE_TIME_LEFT="UNLIMITED"), tmp_path / script, **knobs)
         assert "--config" not in args and args[-4:] == ["--model", "tiny", "--num-layers", "2"]
         per_stage[script] = [a for a in args if a not in (str(tmp_path / script / "run"), "patch", "token")]
         cfg = parsed(args)
@@ -188,23 +138,63 @@ def test_every_knob_passes_exactly_its_flag(tmp_path, monkeypatch):
     assert per_stage["patch_stage.sbatch"] == per_stage["token_stage.sbatch"]  # the same recipe
 
 
-def test_submit_two_stage_chains_jobs_and_checks_the_budget(tmp_path):
-    env = install_fakes(tmp_path)
-    env.update(REQUIRED, SAVE=str(tmp_path / "run"), NODES="4", SBATCH_EXTRA="--account=abc")
-    proc = subprocess.run(["bash", str(SLURM / "submit_two_stage.sh")], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    jobs = [json.loads(p.read_text()) for p in sorted((tmp_path / "slurm").glob("job.*.json"))]
-    assert [Path(j["script"]).name for j in jobs] == ["patch_stage.sbatch", "convert.sbatch", "token_stage.sbatch"]
-    assert [j["deps"] for j in jobs] == [[], [101], [102]]
-    assert "--nodes=4" in jobs[0]["args"] and "--account=abc" in jobs[2]["args"]
-    assert jobs[0]["env"]["CONFIG"] == "examples/configs/370m.yaml"
-    assert not {"TP", "MBS", "K", "LAMBDA", "TRAIN_TOKENS"} & set(jobs[0]["env"])  # nothing invented
-    assert "patch stage 101 -> convert 102 -> token stage 103" in proc.stdout
-    # No budget anywhere: refused before anything is queued. A budget knob is enough.
-    env["CONFIG"] = str(tmp_path / "no_budget.yaml")
+@pytest.mark.parametrize("left, margin, expect", [
+    ("2-00:00:00", "10", "2870.00"), ("3:30:00", "10", "200.00"), ("14:30", "4.5", "10.00"),
+    ("2:00", "1.5", "0.50"), ("9:00", "10", None), ("UNLIMITED", "10", None)])
+def test_the_clock_exit_is_the_time_left_less_the_margin(tmp_path, monkeypatch, left, margin, expect):
+    monkeypatch.chdir(ROOT)
+    env = recording_env(tmp_path)
+    args, _, out = run_stage("patch_stage.sbatch", dict(env, CONFIG="", FAKE_TIME_LEFT=left,
+                                                        SAVE_MARGIN_MINS=margin), tmp_path)
+    got = args[args.index("--exit-duration-in-mins") + 1] if "--exit-duration-in-mins" in args else None
+    assert got == expect, out
+    assert (squeue := calls(env, "squeue")) and squeue[0] == ["-h", "-j", "7", "-o", "%L"]
+    # A duration the user gives wins over the computed one.
+    mine, _, _ = run_stage("patch_stage.sbatch", dict(env, CONFIG="", FAKE_TIME_LEFT=left,
+                                                      EXTRA_ARGS="--exit-duration-in-mins 3"), tmp_path / "mine")
+    assert mine.count("--exit-duration-in-mins") == 1 and mine[-1] == "3"
+
+
+def test_gpus_processes_cpus_and_exclusive(tmp_path):
+    """What submit_two_stage.sh asks SLURM for (DRY_RUN prints the sbatch commands)."""
+    env = recording_env(tmp_path)
+    env.update(REQUIRED, SAVE=str(tmp_path / "run"), DRY_RUN="1", SBATCH_EXTRA="--account=abc")
+
+    def submitted(**knobs):
+        proc = subprocess.run(["bash", str(SLURM / "submit_two_stage.sh")], env=dict(env, **knobs),
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return [line.split() for line in proc.stderr.splitlines() if line.startswith("sbatch ")]
+
+    patch, convert, token = submitted(NODES="4")
+    assert patch[-1].endswith("patch_stage.sbatch") and token[-1].endswith("token_stage.sbatch")
+    for job in (patch, token):  # a GPU cluster by default: 8 GPUs, whole nodes
+        assert {"--nodes=4", "--gpus-per-node=8", "--exclusive", "--account=abc"} <= set(job)
+    assert not any(o.startswith(("--gpus", "--exclusive", "--cpus")) for o in convert)
+    assert "--kill-on-invalid-dep=yes" in convert and "--kill-on-invalid-dep=yes" in token
+    patch, convert, token = submitted(GPUS_PER_NODE="0", CPUS_PER_TASK="2", EXCLUSIVE="0")
+    assert not any(o.startswith(("--gpus", "--exclusive")) for o in patch + token)
+    assert "--cpus-per-task=2" in patch and "--cpus-per-task=2" in convert
+    refused = subprocess.run(["bash", str(SLURM / "submit_two_stage.sh")], env=dict(env, EXCLUSIVE="yes"),
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "EXCLUSIVE=yes" in refused.stderr
+
+
+def test_processes_per_node(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    env = recording_env(tmp_path)
+    for knobs, procs in (({"GPUS_PER_NODE": "8"}, "8"), ({"GPUS_PER_NODE": "0"}, "1"),
+                         ({"SLURM_GPUS_ON_NODE": "4"}, "4"), ({"GPUS_PER_NODE": "0", "PROCS_PER_NODE": "6"}, "6")):
+        _, torchrun, out = run_stage("patch_stage.sbatch", dict(env, **knobs), tmp_path / procs)
+        assert f"--nproc-per-node={procs}" in torchrun, (knobs, out)
+
+
+def test_submit_refuses_a_launch_without_budget(tmp_path):
+    env = recording_env(tmp_path)
+    env.update(REQUIRED, SAVE=str(tmp_path / "run"), CONFIG=str(tmp_path / "no_budget.yaml"))
     Path(env["CONFIG"]).write_text("model:\n  preset: 370m\ntrain:\n  micro_batch_size: 4\n")
     proc = subprocess.run(["bash", str(SLURM / "submit_two_stage.sh")], env=env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "TRAIN_TOKENS" in proc.stderr and len(jobs) == 3
+    assert proc.returncode == 2 and "TRAIN_TOKENS" in proc.stderr
     missing = subprocess.run(["bash", str(SLURM / "submit_two_stage.sh")], env=dict(env, CONFIG="nope.yaml"),
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "CONFIG=nope.yaml: no such file" in missing.stderr
@@ -213,126 +203,118 @@ def test_submit_two_stage_chains_jobs_and_checks_the_budget(tmp_path):
     assert dry.returncode == 0 and dry.stderr.count("sbatch --parsable") == 3, dry.stderr
 
 
-# ----------------------------------------------------------------------------- the chain, for real
+def test_the_30_second_note_before_torch_2_12():
+    from megatron_patch.training.preemption import signal_grace_note
 
-TINY_CONFIG = """\
-model:
-  preset: tiny
-  num_layers: 2
-data:
-  split: "90,10,0"
-optim:
-  lr: 3.0e-3
-  min_lr: 3.0e-4
-  lr_warmup_iters: 2
-train:
-  micro_batch_size: 2
-  global_batch_size: 4
-  seq_length: 64
-  patch_seq_length: 64
-  train_iters: {iters}
-  patch_size: 4
-  patch_fraction: 0.5
-  eval_iters: 1
-  seed: 7
-logging:
-  log_interval: 1
-"""
+    under_torchrun = {"TORCHELASTIC_RUN_ID": "7"}
+    assert "30 s" in signal_grace_note("2.6.0+cu126", under_torchrun)
+    assert "--exit-duration-in-mins" in signal_grace_note("2.11.1", under_torchrun)
+    assert signal_grace_note("2.12.0", under_torchrun) is None
+    assert signal_grace_note("2.6.0", {}) is None  # not under torchrun: no grace at all
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+def test_the_exit_clock_starts_with_the_process():
+    from megatron_patch.training.preemption import process_age
+
+    assert 0 < process_age() < 24 * 3600  # this process has run a while: imports and setup count
 
 
-def train_steps(save: Path, stage: str) -> list:
-    path = save / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line being written
-        if rec.get("kind") == "train" and rec.get("stage") == stage:
-            out.append(rec["step"])
-    return out
+# ----------------------------------------------------------------------------- on a real SLURM
+
+from tests.slurm.scenarios import ScenarioRun, run_scenarios  # noqa: E402
 
 
-def run_queue(env: dict, interrupt_at_step: int, save: Path, timeout: float = 300) -> list:
-    """Run the queued jobs like a one-node cluster: a job starts once every job it depends on
-    (afterok) ended with status 0; a job that `scontrol requeue` marked runs again (same id,
-    SLURM_RESTART_COUNT); the first run of the patch stage's job gets SIGUSR1 once the stage
-    logged `interrupt_at_step`. Returns [(job id, script, restart, exit status)] in run order."""
-    state = Path(env["FAKE_SLURM"])
-    jobs = {j["id"]: j for j in (json.loads(p.read_text()) for p in state.glob("job.*.json"))}
-    done, restarts, history, end = {}, {}, [], time.time() + timeout
-    while len(done) < len(jobs):
-        ready = [i for i in sorted(jobs) if i not in done and all(done.get(d) == 0 for d in jobs[i]["deps"])]
-        if not ready:
-            break  # the rest can never start (a dependency failed)
-        job = jobs[ready[0]]
-        name = Path(job["script"]).name
-        restart = restarts.get(job["id"], 0)
-        out_path = job["output"].replace("%j", str(job["id"]))
-        with open(out_path, "a") as out:
-            proc = subprocess.Popen(["bash", job["script"]], cwd=job["cwd"], stdout=out, stderr=subprocess.STDOUT,
-                                    env=slurm_env(job["env"], job["id"], restart))
-            if name == "patch_stage.sbatch" and restart == 0:
-                while proc.poll() is None and max(train_steps(save, "patch"), default=0) < interrupt_at_step:
-                    assert time.time() < end, "the patch stage did not reach the step to interrupt"
-                    time.sleep(0.1)
-                proc.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit
-            rc = proc.wait(timeout=max(1.0, end - time.time()))
-        history.append((job["id"], name, restart, rc))
-        marker = state / f"requeue.{job['id']}"
-        if marker.exists():
-            marker.unlink()
-            restarts[job["id"]] = restart + 1
-        else:
-            done[job["id"]] = rc
-    return history
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from tests.slurm import cluster as slurm_cluster
+
+    why = slurm_cluster.unavailable()
+    if why:
+        pytest.skip(why)
+    return run_scenarios(tmp_path_factory.mktemp("slurm"))
+
+
+def report(run: ScenarioRun) -> str:
+    return run.transcript()
 
 
 @pytest.mark.distributed
-def test_the_chain_survives_a_stage_that_runs_out_of_time(tmp_path):
-    from tests.distributed.train_common import make_corpus
+def test_a_straight_chain(runs):
+    a = runs["straight"]
+    assert a.states() == ["COMPLETED", "COMPLETED", "COMPLETED"], report(a)
+    assert a.restarts() == [0, 0, 0], report(a)
+    assert "--gpus-per-node=1" in a.submit_out  # the GPU headers schedule on a (fake) GPU node
+    a.assert_complete()
+    token_log = a.log("token")
+    assert f"--init-from {a.save}/patch_weights" in token_log, report(a)
+    assert "rendezvous 127.0.0.1:" in a.log("patch")  # NodeAddr, not the node's name
 
-    prefix, tok = make_corpus(str(tmp_path / "data"))
-    save = tmp_path / "run"
-    config = tmp_path / "tiny.yaml"
-    iters = 300
-    config.write_text(TINY_CONFIG.format(iters=iters))
-    env = install_fakes(tmp_path)
-    env.update(CONFIG=str(config), DATA_PATH=prefix, TOKENIZER=tok, SAVE=str(save), NODES="1",
-               GPUS_PER_NODE="1", MASTER_PORT=str(free_port()))
-    submit = subprocess.run(["bash", str(SLURM / "submit_two_stage.sh")], env=env, cwd=tmp_path,
-                            capture_output=True, text=True)
-    assert submit.returncode == 0, submit.stderr
 
-    history = run_queue(env, interrupt_at_step=10, save=save)
-    logs = {p.name: p.read_text() for p in Path(f"{save}.logs").glob("slurm-*.out")}
-    transcript = "\n".join(f"job {i} {name} run {r + 1}: exit {rc}" for i, name, r, rc in history)
-    print(transcript)
-    assert history == [(101, "patch_stage.sbatch", 0, 0), (101, "patch_stage.sbatch", 1, 0),
-                       (102, "convert.sbatch", 0, 0), (103, "token_stage.sbatch", 0, 0)], \
-        transcript + "\n" + "\n".join(f"--- {k}\n{v[-3000:]}" for k, v in logs.items())
-    patch_log = logs["slurm-patch-101.out"]
-    assert "got SIGUSR1" in patch_log and "requeueing job 101" in patch_log
-    assert "stopped early" in patch_log and "received SIGTERM" in patch_log
-    assert "patch stage: complete" in patch_log and "patch stage complete" in patch_log
-    assert "scontrol requeue 101" in (tmp_path / "slurm" / "log").read_text()
-    # The requeued run resumed the stage from the checkpoint the signal left (not from step 0).
-    stopped = int(patch_log.split("patch stage: step ")[1].split(" ")[0])
-    assert 10 <= stopped < iters // 2 and f"iter_{stopped:07d}" in patch_log
-    # The run directory is complete: both stages, the hand-over, the compute account.
-    assert (save / "compute.json").is_file()
-    for d in ("patch", "patch_weights", "token"):
-        assert (save / d / "latest_checkpointed_iteration.txt").is_file(), d
-    assert "patch stage: complete" in logs["slurm-convert-102.out"]  # checked before converting
-    assert "token stage: complete" in logs["slurm-token-103.out"]
-    # One uninterrupted stage each: every step once, in order, none repeated by the relaunch.
-    assert train_steps(save, "patch") == list(range(1, iters // 2 + 1))
-    assert train_steps(save, "token") == list(range(1, iters // 2 + 1))
+def _assert_resumed_like_the_straight_chain(run: ScenarioRun, straight: ScenarioRun):
+    assert run.states() == ["COMPLETED", "COMPLETED", "COMPLETED"], report(run)
+    assert run.restarts()[0] >= 1 and run.restarts()[1:] == [0, 0], report(run)
+    run.assert_complete()
+    patch_log = run.log("patch")
+    assert "requeueing job" in patch_log and "restart 1" in patch_log, report(run)
+    stopped = run.stopped_at()
+    assert 0 < stopped < run.iters // 2, report(run)
+    assert f"iter_{stopped:07d}" in patch_log
+    for stage in ("patch", "token"):  # the interrupted run's losses are the straight chain's, step by step
+        mine, ref = run.losses(stage), straight.losses(stage)
+        assert sorted(mine) == sorted(ref) and len(mine) == run.iters // 2
+        assert max(abs(mine[s] - ref[s]) for s in ref) < 1e-5, (stage, mine, ref)
+    # convert and token waited for the stage to complete
+    assert run.started("convert") >= run.ended("patch") and run.started("token") >= run.ended("convert")
+
+
+@pytest.mark.distributed
+def test_b_time_limit_signal_saves_requeues_and_resumes(runs):
+    b = runs["signal"]
+    _assert_resumed_like_the_straight_chain(b, runs["straight"])
+    assert "got SIGUSR1" in b.log("patch") and "received SIGTERM" in b.log("patch")
+
+
+@pytest.mark.distributed
+def test_c_preemption_saves_requeues_and_resumes(runs):
+    c = runs["preempt"]
+    _assert_resumed_like_the_straight_chain(c, runs["straight"])
+    log = c.log("patch")
+    assert "received SIGTERM" in log and "stopped early (received SIGTERM)" in log, report(c)
+
+
+@pytest.mark.distributed
+def test_d_a_real_failure_stops_the_chain(runs):
+    d = runs["failure"]
+    assert d.states() == ["FAILED", "CANCELLED", "CANCELLED"], report(d)
+    assert d.reasons()[1:] == ["DependencyNeverSatisfied", "DependencyNeverSatisfied"], report(d)
+    assert d.restarts() == [0, 0, 0] and not d.log("convert") and not d.log("token"), report(d)
+    log = d.log("patch")
+    errors = [line for line in log.splitlines() if line.startswith("pretrain.py: error:")]
+    assert len(errors) == 1 and d.bad_data in errors[0], report(d)
+    assert "patch stage failed" in log and "Not requeued" in log and "submit_two_stage.sh" in log
+
+
+@pytest.mark.distributed
+def test_e_a_node_lost_mid_stage_resumes_from_the_last_checkpoint(runs):
+    e = runs["node_lost"]
+    assert e.states() == ["COMPLETED", "COMPLETED", "COMPLETED"], report(e)
+    assert e.restarts()[0] == 1, report(e)
+    e.assert_complete()
+    log = e.log("patch")
+    assert "the training step failed" in log and "requeueing job" in log, report(e)
+    assert e.killed_at > 0
+
+
+@pytest.mark.distributed
+def test_f_the_job_stops_on_its_own_clock(runs):
+    f = runs["clock"]
+    assert f.states() == ["COMPLETED", "COMPLETED", "COMPLETED"], report(f)
+    assert f.restarts()[0] >= 1, report(f)
+    f.assert_complete()
+    log = f.log("patch")
+    assert "training stops and saves after" in log, report(f)
+    assert "stopped early (--exit-duration-in-mins" in log, report(f)
+    first_run = log.split("restart 1")[0]
+    clock = re.search(r"^exit \| stage patch .*--exit-duration-in-mins [\d.]+ reached", first_run, re.M)
+    assert clock, report(f)
+    assert "got SIG" not in first_run[:clock.start()], report(f)  # the clock, not a signal

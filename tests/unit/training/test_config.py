@@ -165,3 +165,115 @@ def test_a_budget_flag_replaces_the_configs_budget():
     cfg = parse_config(["--config", path, *DATA, "--train-iters", "10"])
     assert (cfg.train.train_iters, cfg.train.train_tokens) == (10, None)
     assert cfg.parallel.tensor_model_parallel_size == 2  # everything else stays the config's
+
+
+# --- Megatron-LM's launch lines, flags and defaults ---------------------------------------------
+
+MOCK = ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "500"]
+
+
+def _example(name, **kw):
+    from tests.megatron_lm_examples import argv
+
+    paths = {"DATA": "corpus_text_document", "TOKENIZER": "tok.model", "SAVE": "runs/x", "TB": "tb",
+             "CACHE": "cache", "VOCAB": "vocab.json", "MERGES": "merges.txt"}
+    line = argv(name, paths, **kw)
+    if "--vocab-file" not in FLAGS and "--vocab-file" in line:  # GPT-2 BPE files not (yet) taken
+        i = line.index("--vocab-file")
+        line[i:i + 4] = ["--tokenizer-model", "tok.model"]
+    return line
+
+
+@pytest.mark.parametrize("name", ["gpt3_175b", "llama3_8b_mock", "llama3_8b_data", "mixtral_8x7b"])
+def test_megatron_lm_example_lines(name):
+    """Each of Megatron-LM's example launch lines is refused for exactly what cannot be honoured,
+    each with its reason; without those flags it parses, and scaled down it plans both stages."""
+    from tests.megatron_lm_examples import REFUSED
+
+    with pytest.raises(ValueError) as err:
+        parse_config(_example(name) + ["--patch-size", "4", "--patch-fraction", "2/3"])
+    named = {line.split(":")[0].split()[0] for line in str(err.value).splitlines()[1:]}
+    assert named == REFUSED[name], str(err.value)
+    cfg = parse_config(_example(name, drop_refused=True) + ["--patch-size", "4", "--patch-fraction", "2/3"])
+    assert cfg.train.patch_phases() == [(4, pytest.approx(2 / 3))]
+    small = parse_config(_example(name, drop_refused=True, scale=True)
+                         + ["--patch-size", "4", "--patch-fraction", "0.5"])
+    patch, token = plan_stages(small, 2)
+    assert (patch.patch_size, token.patch_size) == (4, 1)
+
+
+def test_lr_decay_and_warmup_split_between_stages():
+    base = ["--model", "tiny", *MOCK, "--seq-length", "32", "--global-batch-size", "8",
+            "--patch-size", "4", "--patch-fraction", "0.5"]
+    # Iterations: decay over 60 of 80 steps, warmup 10% of the decay; each stage keeps the shares.
+    patch, token = plan_stages(parse_config([*base, "--train-iters", "80", "--lr-decay-iters", "60",
+                                             "--lr-warmup-fraction", "0.1"]))
+    assert (patch.train_iters, patch.lr_decay_iters, patch.lr_warmup_iters) == (40, 30, 3)
+    assert (token.train_iters, token.lr_decay_iters, token.lr_warmup_iters) == (40, 30, 3)
+    # Samples: the same in Megatron-LM's sample spelling; warmup samples are steps of every stage.
+    patch, token = plan_stages(parse_config([*base, "--train-samples", "640", "--lr-decay-samples", "480",
+                                             "--lr-warmup-samples", "16"]))
+    assert (patch.lr_decay_iters, patch.lr_warmup_iters, token.lr_decay_iters, token.lr_warmup_iters) == (30, 2, 30, 2)
+    # Without them: decay over each stage's steps, --lr-warmup-iters in each stage.
+    patch, token = plan_stages(parse_config([*base, "--train-iters", "80", "--lr-warmup-iters", "5"]))
+    assert (patch.lr_decay_iters, patch.lr_warmup_iters, token.lr_decay_iters) == (40, 5, 40)
+    with pytest.raises(ValueError, match="give one warmup"):
+        parse_config([*base, "--train-iters", "80", "--lr-warmup-fraction", "0.1", "--lr-warmup-iters", "5"])
+    parse_config([*base, "--train-iters", "80", "--lr-warmup-fraction", "0.1", "--lr-warmup-iters", "0"])
+    with pytest.raises(ValueError, match="warmup must be shorter than the decay"):
+        plan_stages(parse_config([*base, "--train-iters", "80", "--lr-decay-iters", "8", "--lr-warmup-iters", "5"]))
+
+
+def test_one_value_flags_and_accepted_no_ops():
+    base = ["--model", "tiny", *MOCK, "--train-iters", "10"]
+    cfg = parse_config([*base, "--ckpt-format", "torch_dist", "--use-mcore-models", "--num-workers", "8",
+                        "--context-parallel-size", "1", "--kv-channels", "16"])
+    assert any(n.startswith("--num-workers") for n in cfg.megatron_notes)
+    assert any(n.startswith("--use-mcore-models") for n in cfg.megatron_notes)
+    for flags, message in ((["--ckpt-format", "torch"], "--ckpt-format torch: checkpoints are"),
+                           (["--context-parallel-size", "2"], "context parallelism is not supported"),
+                           (["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+                             "--kv-channels", "32"], "--kv-channels 32")):
+        with pytest.raises(ValueError, match=message):
+            parse_config([*base, *flags])
+    help_text = build_parser().format_help()
+    assert "--use-mcore-models" in help_text and "always the case" in help_text
+    assert "split between stages" in " ".join(help_text.split())
+
+
+def test_defaults_that_differ_from_megatron_lm_are_printed_when_unset(monkeypatch, capsys):
+    from megatron_patch import device
+    from megatron_patch.training.megatron_flags import defaults_notice, print_notes
+
+    shape = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", *MOCK]
+    cfg = parse_config([*shape, "--train-iters", "10", "--weight-decay", "0.01"])
+    notice = defaults_notice(cfg)
+    assert notice.startswith("defaults that differ from Megatron-LM's, not set on this launch:")
+    assert "--lr-warmup-iters 2000 (Megatron-LM: 0)" in notice and "--adam-beta2 0.95 (Megatron-LM: 0.999)" in notice
+    assert "--min-lr 3e-5 (Megatron-LM: 0)" in notice and "--normalization RMSNorm" in notice
+    assert "--weight-decay" not in notice and "--bf16" not in notice  # set; fp32 on a CPU as Megatron-LM
+    monkeypatch.setattr(device, "on_gpu", lambda: True)
+    assert "--bf16 on, on a GPU (Megatron-LM: off (fp32))" in defaults_notice(cfg)
+    monkeypatch.undo()
+    fraction = parse_config([*shape, "--train-iters", "10", "--lr-warmup-fraction", "0.1"])
+    assert "--lr-warmup-iters" not in defaults_notice(fraction)
+    print_notes(cfg)
+    print_notes(cfg)
+    assert capsys.readouterr().out.count("defaults that differ") == 1  # once per launch
+    # Every entry names a real flag of the parser, and every default it quotes is the field's.
+    from megatron_patch.training.megatron_flags import MEGATRON_DEFAULTS
+
+    for flag, section, name, _, _ in MEGATRON_DEFAULTS:
+        assert flag in FLAGS and FLAGS[flag] == (section, name), flag
+
+
+def test_weights_initialise_on_the_device_unless_asked(monkeypatch):
+    from megatron_patch import device
+    from megatron_patch.config import ParallelConfig
+
+    base = ["--model", "tiny", *MOCK, "--train-iters", "10"]
+    assert parse_config(base).parallel.use_cpu_initialization is None
+    assert ParallelConfig().cpu_initialization() is True  # no GPU here: the CPU
+    monkeypatch.setattr(device, "on_gpu", lambda: True)
+    assert ParallelConfig().cpu_initialization() is False  # megatron-core's default on a GPU
+    assert parse_config([*base, "--use-cpu-initialization"]).parallel.cpu_initialization() is True

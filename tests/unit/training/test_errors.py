@@ -37,9 +37,11 @@ def test_sequence_length_not_a_multiple_of_k(corpus, tmp_path):
 def test_batch_that_does_not_split(corpus, tmp_path):
     prefix, tok = corpus
     # K=4 with the same tokens per step: 4 samples of 64 tokens -> 1 patch sample of 256, which
-    # cannot be split over micro-batches of 2.
+    # cannot be split over the micro-batches of 2 asked for. (Left to itself the trainer lowers
+    # the patch stage's micro-batch to 1: tests/unit/training/test_patch_batch.py.)
     _fails(tiny_flags(prefix, tok, str(tmp_path / "run"), **{
-        "--train-iters": 4, "--patch-size": 4, "--patch-fraction": 0.5}),
+        "--train-iters": 4, "--patch-size": 4, "--patch-fraction": 0.5, "--lr-warmup-iters": 1,
+        "--patch-micro-batch-size": 2}),
         "patch stage: global batch of 1 sequences is not a multiple of micro_batch_size")
 
 

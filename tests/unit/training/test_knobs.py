@@ -170,7 +170,8 @@ def test_carry_hands_the_optimizer_state_to_the_token_stage(tmp_path, monkeypatc
     assert [s["settings"]["lr"] for s in carry["stages"]] == [1e-2, 3e-3]
     # The DistributedOptimizer carries the same state (a world of one: the same numbers).
     _train(tmp_path / "distopt", *flags, "--handover-optimizer", "carry", "--use-distributed-optimizer")
-    assert _losses(tmp_path / "distopt", "token") == c
+    # (Its flat buffers sum in another order: equal to float32 rounding, not bit for bit.)
+    assert _losses(tmp_path / "distopt", "token") == pytest.approx(c, rel=1e-6)
     # A separate token launch must name the stage's full checkpoint, not its weights-only copy.
     with pytest.raises(rundir.CheckpointError, match="weights only"):
         _train(tmp_path / "token-only", *flags, "--handover-optimizer", "carry", "--stage", "token",
