@@ -1,34 +1,35 @@
 #!/usr/bin/env bash
 # The transfer study of docs/results.md on the CPU: what the patch stage hands the token stage.
 # For each model (tiny, cpu-small) on the study corpus (examples/study_data.sh), K=4, lambda=2/3:
-#   centre      patch stage then token stage (the paper's recipe)
-#   alone       the centre's token stage from a fresh init (--stage token --handover-reinit all)
-#   token-0.5x  token-only at the centre's compute (the equal-compute control)
-#   hand-over variants, one at a time, each the centre's own token stage started from the centre's
-#   patch weights (--stage token --init-from CENTRE/patch_weights): re-initialised groups,
-#   shrink and perturb; and two whole runs: one LR schedule over the run, and the plain
-#   output-projection init (with its own alone control).
-# Seeds: SEEDS for the centre, alone and control; the variants with VARIANT_SEEDS.
+#   1. tools/study.py at the model's centre budget, two seeds (OUT/<model>-<budget>, a regime-map
+#      point too): the patch run, its token stage alone (--transfer-controls), token-only at the
+#      same compute (0.5x) and at the same data (1.0x);
+#   2. the hand-over variants, one at a time, each the patch run's own token stage started from
+#      its patch weights (--stage token --init-from RUN/patch_weights): re-initialised groups,
+#      shrink and perturb; and two whole runs with their own alone controls: one LR schedule over
+#      the run, and the plain output-projection init.
 # transfer_nats = val loss(alone) - val loss(run): positive means the patch stage helped.
 #
 #   bash examples/study_transfer_cpu.sh                  # after examples/study_data.sh
-# Knobs (environment): OUT (runs/transfer), DATA_DIR (data/study), MODELS ("tiny cpu-small"),
-# SEEDS ("1234 5678"), VARIANT_SEEDS ("1234"), BUDGET_tiny (1500000), BUDGET_cpu_small (800000),
-# VARIANTS (names below). Rerunning resumes: a run whose compute.json exists is skipped.
+# Knobs (environment): OUT (runs/regime), DATA_DIR (data/study), MODELS ("tiny cpu-small"),
+# SEEDS ("1234 5678"), VARIANT_SEEDS ("1234"), VARIANTS (names below), BUDGET_tiny (1.5M),
+# BUDGET_cpu_small (0.8M). Rerunning resumes: finished runs are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:-runs/transfer}
+OUT=${OUT:-runs/regime}
 DATA_DIR=${DATA_DIR:-data/study}
 MODELS=${MODELS:-tiny cpu-small}
 SEEDS=${SEEDS:-1234 5678}
 VARIANT_SEEDS=${VARIANT_SEEDS:-1234}
 VARIANTS=${VARIANTS:-reinit_embedding reinit_output_layer reinit_final_norm reinit_out_proj reinit_layers shrink_perturb lrscope_run oproj_plain}
 PY=$PWD/.venv/bin/python
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+CENTRE=K4-lam0.6667-same_tokens
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-budget() { local v="BUDGET_${1//-/_}"; case $1 in tiny) echo "${!v:-1500000}";; *) echo "${!v:-800000}";; esac; }
-lr_flags() { case $1 in tiny) echo "--lr 3e-3 --min-lr 3e-4";; *) echo "";; esac; }
+budget() { local v="BUDGET_${1//-/_}"; case $1 in tiny) echo "${!v:-1.5M}";; *) echo "${!v:-0.8M}";; esac; }
+model_flags() { case $1 in tiny) echo "--model tiny --lr 3e-3 --min-lr 3e-4";; *) echo "--model $1";; esac; }
+tokens() { "$PY" -c "from megatron_patch.analysis.grid import parse_tokens; print(parse_tokens('$1'))"; }
 
 run() {  # run DIR FLAGS...: one tools/pretrain.py launch, skipped when finished
     local dir=$1; shift
@@ -37,34 +38,38 @@ run() {  # run DIR FLAGS...: one tools/pretrain.py launch, skipped when finished
     echo "run: $dir"
     "$PY" tools/pretrain.py --config examples/configs/study_cpu.yaml \
         --data-path "$DATA_DIR/train_text_document" --tokenizer-model "$DATA_DIR/tok.model" \
-        --save "$dir" --load "$dir" --no-tensorboard "$@" > "$dir.log" 2>&1 \
+        --save "$dir" --load "$dir" "$@" > "$dir.log" 2>&1 \
         || { echo "FAILED: $dir (log: $dir.log)"; tail -5 "$dir.log"; return 1; }
 }
 
 for model in $MODELS; do
     B=$(budget "$model")
+    study=$OUT/$model-$B
     # shellcheck disable=SC2046
-    common=(--model "$model" $(lr_flags "$model"))
-    patch=(--train-tokens "$B" --patch-size 4 --patch-fraction 2/3)
-    for seed in $SEEDS; do
-        d=$OUT/$model/s$seed
-        run "$d/centre" "${common[@]}" "${patch[@]}" --seed "$seed"
-        run "$d/alone" "${common[@]}" "${patch[@]}" --seed "$seed" --stage token --handover-reinit all
-        run "$d/token-0.5x" "${common[@]}" --train-tokens $((B / 2)) --seed "$seed"
-    done
+    mflags=($(model_flags "$model"))
+    # shellcheck disable=SC2086
+    "$PY" tools/study.py --out "$study" --data-path "$DATA_DIR/train_text_document" \
+        --tokenizer-model "$DATA_DIR/tok.model" --model "$model" --train-tokens "$B" \
+        --patch-sizes 4 --patch-fractions 2/3 --batch-policies same_tokens --controls 1.0 0.5 \
+        --transfer-controls --seeds $SEEDS --launcher python --keep-going \
+        -- --config examples/configs/study_cpu.yaml "${mflags[@]:2}"
+    patch=("${mflags[@]}" --train-tokens "$(tokens "$B")" --patch-size 4 --patch-fraction 2/3)
+    first=${SEEDS%% *}
     for seed in $VARIANT_SEEDS; do
-        d=$OUT/$model/s$seed
-        from=(--stage token --init-from "$d/centre/patch_weights")
+        centre=$study/runs/$CENTRE
+        [[ $seed == "$first" ]] || centre=$study/runs/$CENTRE-seed$seed
+        v_dir=$study/variants/s$seed
+        from=(--seed "$seed" --stage token --init-from "$centre/patch_weights")
         for v in $VARIANTS; do
             case $v in
-                reinit_*) run "$d/$v" "${common[@]}" "${patch[@]}" --seed "$seed" "${from[@]}" \
-                              --handover-reinit "${v#reinit_}" ;;
-                shrink_perturb) run "$d/$v" "${common[@]}" "${patch[@]}" --seed "$seed" "${from[@]}" \
+                reinit_*) run "$v_dir/$v" "${patch[@]}" "${from[@]}" --handover-reinit "${v#reinit_}" ;;
+                shrink_perturb) run "$v_dir/$v" "${patch[@]}" "${from[@]}" \
                                     --handover-shrink 0.5 --handover-perturb 0.5 ;;
-                lrscope_run) run "$d/$v" "${common[@]}" "${patch[@]}" --seed "$seed" --lr-schedule-scope run ;;
-                oproj_plain)
-                    run "$d/$v" "${common[@]}" "${patch[@]}" --seed "$seed" --output-proj-init plain
-                    run "$d/$v-alone" "${common[@]}" "${patch[@]}" --seed "$seed" --output-proj-init plain \
+                lrscope_run|oproj_plain)
+                    extra=(--lr-schedule-scope run)
+                    [[ $v == oproj_plain ]] && extra=(--output-proj-init plain)
+                    run "$v_dir/$v" "${patch[@]}" --seed "$seed" "${extra[@]}"
+                    run "$v_dir/$v-alone" "${patch[@]}" --seed "$seed" "${extra[@]}" \
                         --stage token --handover-reinit all ;;
                 *) echo "unknown variant $v"; exit 2 ;;
             esac
@@ -72,25 +77,42 @@ for model in $MODELS; do
     done
 done
 
-"$PY" - "$OUT" <<'EOF'
-# The table: final token-level val loss of every finished run, transfer against its alone control.
+"$PY" - "$OUT" $MODELS <<'EOF'
+# The hand-over table: every variant's final token-level val loss against its alone control
+# (transfer_nats) and against the study's equal-compute control (token-0.5x).
 import json, math, os, sys
+
+def loss(run_dir):
+    path = os.path.join(run_dir, "compute.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["final_val_loss"]
+
 out = sys.argv[1]
 print("| model | seed | run | val loss | val ppl | transfer_nats | vs token-0.5x (nats) |")
 print("|---|---|---|---|---|---|---|")
-for model in sorted(os.listdir(out)):
-    for seed in sorted(os.listdir(os.path.join(out, model))):
-        base = os.path.join(out, model, seed)
-        loss = {}
-        for name in sorted(os.listdir(base)):
-            path = os.path.join(base, name, "compute.json")
-            if os.path.isfile(path):
-                with open(path) as f:
-                    loss[name] = json.load(f)["final_val_loss"]
-        for name, value in loss.items():
-            alone = loss.get("oproj_plain-alone" if name == "oproj_plain" else "alone")
-            transfer = "" if name.endswith("alone") or name.startswith("token") or alone is None \
-                else f"{alone - value:+.4f}"
-            gap = "" if "token-0.5x" not in loss or name.startswith("token") else f"{loss['token-0.5x'] - value:+.4f}"
-            print(f"| {model} | {seed[1:]} | {name} | {value:.4f} | {math.exp(value):.1f} | {transfer} | {gap} |")
+for study in sorted(os.listdir(out)):
+    if not any(study.startswith(m + "-") for m in sys.argv[2:]):
+        continue
+    runs = os.path.join(out, study, "runs")
+    control = loss(os.path.join(runs, "token-0.5x"))
+    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+        value = loss(os.path.join(runs, name))
+        if value is None or name.endswith("-alone") or name.startswith("token"):
+            continue
+        alone = loss(os.path.join(runs, name + "-alone"))
+        seed = name.split("-seed")[1] if "-seed" in name else "1234"
+        rows = [(seed, "patch+token (paper)", value, alone)]
+        v_dir = os.path.join(out, study, "variants", f"s{seed}")
+        for v in sorted(os.listdir(v_dir)) if os.path.isdir(v_dir) else []:
+            v_loss = loss(os.path.join(v_dir, v))
+            if v_loss is None or v.endswith("-alone"):
+                continue
+            own = loss(os.path.join(v_dir, v + "-alone"))
+            rows.append((seed, v, v_loss, own if own is not None else alone))
+        for seed, label, value, ref in rows:
+            transfer = "" if ref is None else f"{ref - value:+.4f}"
+            gap = "" if control is None else f"{value - control:+.4f}"
+            print(f"| {study} | {seed} | {label} | {value:.4f} | {math.exp(value):.1f} | {transfer} | {gap} |")
 EOF

@@ -10,7 +10,6 @@ import os
 
 from megatron_patch import device
 from megatron_patch.data.paths import check_data_paths
-from megatron_patch.training import megatron_flags
 from megatron_patch.training.config import RunConfig
 from megatron_patch.training.metrics import check_dashboards
 from megatron_patch.training.ownership import check_launch
@@ -52,5 +51,4 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.model.max_position_embeddings is None:
         cfg.model.max_position_embeddings = max(s.positions for s in stages)
     cfg.resolved = True
-    megatron_flags.print_notes(cfg)  # rank 0: defaults that differ from Megatron-LM's, no-op flags
     return cfg

@@ -25,7 +25,7 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_patch import device, distributed
-from megatron_patch.training import builders, handover
+from megatron_patch.training import builders, handover, megatron_flags
 from megatron_patch.training.account import compute_account, summary_lines, write_account
 from megatron_patch.training.checkpointer import Checkpointer
 from megatron_patch.training.config import RunConfig, to_dict
@@ -60,6 +60,7 @@ class Trainer:
         lock = RunLock(self.cfg.checkpoint.save)
         try:
             self._claim(lock)
+            megatron_flags.print_notes(self.cfg)  # rank 0: defaults that differ from Megatron-LM's
             self.logger.print("plan: " + "; ".join(s.describe() for s in self.plan))
             for note in micro_batch_notes(self.cfg, self.plan):
                 self.logger.print(note)

@@ -415,7 +415,7 @@ def test_tiny_real_knob_grid(tmp_path):
            "--", "--num-layers", "2", "--seq-length", "32", "--patch-seq-length", "32", "--global-batch-size", "4",
            "--micro-batch-size", "4", "--lr-warmup-iters", "1", "--eval-iters", "1", "--split", "90,10,0",
            "--no-tensorboard", "--bf16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     logs = "".join((out / "logs" / n).read_text() for n in os.listdir(out / "logs")) if (out / "logs").exists() else ""
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs[-4000:]
