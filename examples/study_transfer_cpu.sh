@@ -45,8 +45,7 @@ run() {  # run DIR FLAGS...: one tools/pretrain.py launch, skipped when finished
 for model in $MODELS; do
     B=$(budget "$model")
     study=$OUT/$model-$B
-    # shellcheck disable=SC2046
-    mflags=($(model_flags "$model"))
+    read -r -a mflags <<< "$(model_flags "$model")"
     # shellcheck disable=SC2086
     "$PY" tools/study.py --out "$study" --data-path "$DATA_DIR/train_text_document" \
         --tokenizer-model "$DATA_DIR/tok.model" --model "$model" --train-tokens "$B" \
@@ -77,6 +76,7 @@ for model in $MODELS; do
     done
 done
 
+# shellcheck disable=SC2086  # one argument per model
 "$PY" - "$OUT" $MODELS <<'EOF'
 # The hand-over table: every variant's final token-level val loss against its alone control
 # (transfer_nats) and against the study's equal-compute control (token-0.5x).
