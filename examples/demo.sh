@@ -5,7 +5,7 @@
 #   3. train an 8k sentencepiece tokenizer; write .bin/.idx for train and held-out validation
 #   4. train a small LLaMA four times with 2 processes (torchrun, gloo):
 #        token-only baseline             (K=1, the whole token budget: 1.0x compute)
-#        patch + token                   (K=4 on the first 2/3 of the data, then tokens: 0.5x)
+#        patch + token                   (K=4 on 2/3 of the data, then tokens on the rest: 0.5x)
 #        token-only, equal compute       (K=1 on lambda/K + 1 - lambda of the budget: the fair
 #                                         control of patch + token, 0.5x)
 #        token stage alone               (the transfer control: patch + token's flags plus
