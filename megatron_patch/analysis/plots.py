@@ -173,6 +173,7 @@ def plot_regime(points: List[dict], path: str, fits: Optional[dict] = None) -> b
                         linestyle="--", linewidth=1, color=colors[size])
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
         ax.set_xlabel("training tokens per parameter")
         ax.set_ylabel(label, fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
