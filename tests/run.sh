@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: sets up ./.venv (tools/setup_env.sh), then runs the whole suite on CPU.
-#   bash tests/run.sh              # everything (unit + torchrun gloo scenarios), ~10 min on 2 cores
+#   bash tests/run.sh              # everything (unit + torchrun gloo scenarios), ~25 min on 2 cores
 #   bash tests/run.sh -k parallel  # extra pytest arguments pass through
 set -euo pipefail
 cd "$(dirname "$0")/.."
