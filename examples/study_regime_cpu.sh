@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-runs/regime}
 DATA_DIR=${DATA_DIR:-data/study}
-POINTS=${POINTS:-tiny:1.5M cpu-small:0.8M tiny:0.375M tiny:6M cpu-small:0.4M mid:0.4M cpu-small:1.6M}
+POINTS=${POINTS:-tiny:1.5M cpu-small:0.8M tiny:0.375M cpu-small:0.4M tiny:3M mid:0.4M cpu-small:1.6M}
 MAP=${MAP:-$OUT/map}
 PY=$PWD/.venv/bin/python
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -4,6 +4,10 @@
     env = cluster.env()                        # SLURM_CONF=..., for sbatch/squeue/scontrol/scancel
     cluster.stop()                             # every daemon, by its pid
 
+A watchdog process (`python -m tests.slurm.cluster watch PID DIRECTORY`) stops the cluster the
+same way when the process that started it dies without stopping it (a pytest killed mid-run), so
+no daemon or job outlives its test session.
+
 Debian's packages (slurmctld, slurmd, slurm-client, munge; SLURM 22.05 on Debian 12) are installed
 with apt-get when missing and the tests run as root; otherwise `unavailable()` says why not and
 the tests skip. Everything the daemons write (config, munge key and socket, state, spool, logs)
@@ -18,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -113,6 +118,7 @@ class SlurmCluster:
         self.conf = self.dir / "slurm.conf"
         self.munge_socket = self.dir / "munge" / "munge.socket"
         self.pids: dict = {}
+        self.watchdog: Optional[subprocess.Popen] = None
 
     # ------------------------------------------------------------------ start and stop
 
@@ -130,6 +136,11 @@ class SlurmCluster:
         d = self.dir
         for sub in ("state", "log", "munge", "spool/node1", "spool/node2"):
             (d / sub).mkdir(parents=True, exist_ok=True)
+        root = Path(__file__).resolve().parents[2]
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-m", "tests.slurm.cluster", "watch", str(os.getpid()), str(d)],
+            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=open(d / "log" / "watchdog.log", "ab"))
         os.chmod(d / "munge", 0o700)
         key = d / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
@@ -176,6 +187,10 @@ class SlurmCluster:
     def stop(self) -> None:
         """Cancel every job, stop the daemons, then end any job process left (slurmstepd and its
         tasks outlive slurmd): all by pid, each found by its SLURM_CONF naming this cluster."""
+        if self.watchdog is not None:
+            self.watchdog.kill()
+            self.watchdog.wait()
+            self.watchdog = None
         if "slurmctld" in self.pids:
             ids = self.run("squeue", "-h", "-o", "%i").stdout.split()
             if ids:
@@ -198,6 +213,16 @@ class SlurmCluster:
                 _kill(pid, sig)
             if left and sig == signal.SIGTERM:
                 time.sleep(2)
+
+    def adopt(self) -> None:
+        """Learn the daemons' pids from their pid files (the watchdog's view of a running cluster)."""
+        files = {"munged": self.dir / "munge" / "munged.pid", "slurmctld": self.dir / "slurmctld.pid"}
+        files.update({f"slurmd-{n}": self.dir / f"slurmd-{n}.pid" for n in NODES})
+        for name, path in files.items():
+            try:
+                self.pids[name] = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
 
     def processes(self) -> list:
         """Pids of the processes started for this cluster's jobs (their SLURM_CONF is ours)."""
@@ -279,3 +304,18 @@ def _kill(pid: int, sig) -> None:
         os.kill(pid, sig)
     except OSError:
         pass
+
+
+def watch(parent: int, directory: str) -> None:
+    """Wait for `parent` to end; then stop the cluster in `directory` (it is ours to clean up)."""
+    while _alive(parent):
+        time.sleep(1)
+    cluster = SlurmCluster(Path(directory))
+    cluster.adopt()
+    cluster.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "watch":
+        sys.exit("usage: python -m tests.slurm.cluster watch PARENT_PID CLUSTER_DIRECTORY")
+    watch(int(sys.argv[2]), sys.argv[3])

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,41 @@ def test_f_the_job_stops_on_its_own_clock(runs):
     clock = re.search(r"^exit \| stage patch .*--exit-duration-in-mins [\d.]+ reached", first_run, re.M)
     assert clock, report(f)
     assert "got SIG" not in first_run[:clock.start()], report(f)  # the clock, not a signal
+
+
+@pytest.mark.distributed
+def test_g_a_killed_test_session_leaves_no_daemon_or_job(tmp_path):
+    """A pytest killed mid-run (SIGKILL: no teardown) must not leave its cluster running: the
+    cluster's watchdog stops the daemons and ends the job's processes."""
+    from tests.slurm import cluster as slurm_cluster
+
+    why = slurm_cluster.unavailable()
+    if why:
+        pytest.skip(why)
+    session = (
+        "import sys, time\n"
+        "from tests.slurm.cluster import SlurmCluster\n"
+        "c = SlurmCluster.start(sys.argv[1])\n"
+        "c.run('sbatch', '--wrap', 'sleep 600', '-o', sys.argv[1] + '/sleep.out', check=True)\n"
+        "while 'RUNNING' not in c.run('squeue', '-h', '-o', '%T').stdout:\n"
+        "    time.sleep(0.2)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", session, str(tmp_path)], cwd=ROOT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == "up\n"
+        cluster = slurm_cluster.SlurmCluster(tmp_path)
+        cluster.adopt()
+        daemons = dict(cluster.pids)
+        jobs = cluster.processes()
+        assert set(daemons) == {"munged", "slurmctld", "slurmd-node1", "slurmd-node2"}
+        assert any(b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in jobs)
+    finally:
+        proc.kill()
+        proc.wait()
+    end = time.time() + 60
+    left = lambda: [n for n, p in daemons.items() if slurm_cluster._alive(p)] + cluster.processes()  # noqa: E731
+    while left() and time.time() < end:
+        time.sleep(0.5)
+    assert not left(), (left(), (tmp_path / "log" / "watchdog.log").read_text())
