@@ -34,7 +34,7 @@ from tests.slurm.cluster import SlurmCluster, free_ports
 
 SLURM = ROOT / "examples" / "slurm"
 VENV_BIN = Path(sys.executable).parent
-ITERS = 400         # the whole two-stage budget: 200 patch steps, 200 token steps
+ITERS = 160         # the whole two-stage budget: 80 patch steps, 80 token steps
 CLOCK_ITERS = 2100  # the clock scenario: 2000 patch steps, more than one 15-second window holds
 CLOCK_FRACTION = 2000 / 2100
 INTERRUPT_AT = 6    # the patch step after which signal/preempt act
