@@ -346,9 +346,11 @@ def test_g_a_killed_test_session_leaves_no_daemon_or_job(tmp_path):
         cluster = slurm_cluster.SlurmCluster(tmp_path)
         cluster.adopt()
         daemons = dict(cluster.pids)
-        jobs = cluster.processes()
         assert set(daemons) == {"munged", "slurmctld", "slurmd-node1", "slurmd-node2"}
-        assert any(b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in jobs)
+        end = time.time() + 60  # RUNNING comes before slurmstepd has started the job's script
+        while not any(b"sleep" in _cmdline(pid) for pid in cluster.processes()) and time.time() < end:
+            time.sleep(0.2)
+        assert any(b"sleep" in _cmdline(pid) for pid in cluster.processes())
     finally:
         proc.kill()
         proc.wait()
@@ -357,3 +359,10 @@ def test_g_a_killed_test_session_leaves_no_daemon_or_job(tmp_path):
     while left() and time.time() < end:
         time.sleep(0.5)
     assert not left(), (left(), (tmp_path / "log" / "watchdog.log").read_text())
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
