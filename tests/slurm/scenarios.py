@@ -14,7 +14,8 @@ the driver then does to it what its name says, while the others run:
                15 s after its processes started; its requeued run gets a 10-minute limit to
                finish. It runs first, alone until that requeue.
 
-A requeued job is moved to start now (scontrol update JobId=N StartTime=now) instead of after
+A requeued job is moved to start now (scontrol update JobId=N StartTime=now), REQUEUE_SETTLE
+seconds after its requeue and once no process of its previous run is left, instead of after
 its ~150 s BeginTime. `run_scenarios` returns {name: ScenarioRun} once every job has ended.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ ITERS = 160         # the whole two-stage budget: 80 patch steps, 80 token steps
 CLOCK_ITERS = 2100  # the clock scenario: 2000 patch steps, more than one 15-second window holds
 CLOCK_FRACTION = 2000 / 2100
 INTERRUPT_AT = 6    # the patch step after which signal/preempt act
+REQUEUE_SETTLE = 10  # seconds between a requeue and its early start (SLURM's own wait: ~150 s)
 SAVE_EVERY = 20     # node_lost: a checkpoint every 20 steps; node2's processes die 2 steps after one
 SCENARIOS = ("straight", "signal", "preempt", "failure", "node_lost", "clock")
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
@@ -76,6 +78,7 @@ class ScenarioRun:
         self.jobs: dict = {}          # patch/convert/token -> job id
         self.info: dict = {}          # job id -> final `scontrol show job` fields
         self.events: list = []        # (seconds since submit, what the driver did)
+        self.requeued: dict = {}      # "start now: ..." -> when the requeue was first seen
         self.submit_out = ""
         self.bad_data = ""
         self.killed_at = 0
@@ -145,12 +148,18 @@ class ScenarioRun:
         self.note(f"interrupt: {self.name} at patch step {max(steps)} (checkpoint {ckpt})")
 
     def schedule(self, state: dict) -> None:
-        """Start a requeued job now rather than at its BeginTime (the clock scenario: for 10 min)."""
+        """Start a requeued job now rather than at its BeginTime (the clock scenario: for 10 min),
+        once its previous run is gone: no process of the job left and REQUEUE_SETTLE seconds since
+        the requeue showed (the new run's steps reuse the old ids; slurmd must have finished
+        with the old ones, or it cancels the new step 0 as the old one)."""
         for kind, job in self.jobs.items():
             fields = state.get(job, {})
             restarts = int(fields.get("Restarts", 0) or 0)
             if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime" and restarts:
                 key = f"start now: {kind} restart {restarts}"
+                seen = self.requeued.setdefault(key, time.time())
+                if time.time() - seen < REQUEUE_SETTLE or job_processes(job):
+                    continue
                 if key not in [e[1] for e in self.events]:
                     if self.name == "clock":
                         self.cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
@@ -237,8 +246,9 @@ def checkpoint_step(stage_dir: Path) -> int:
         return 0
 
 
-def job_processes(job_id: int, node: str) -> list:
-    """Pids of the job's task processes on `node` (their environment says SLURMD_NODENAME=node)."""
+def job_processes(job_id: int, node: Optional[str] = None) -> list:
+    """Pids of the job's task processes on `node` (their environment says SLURMD_NODENAME=node),
+    or on any node and in any step, its batch shell included, when `node` is None."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -248,8 +258,10 @@ def job_processes(job_id: int, node: str) -> list:
                        .split("\0") if "=" in item)
         except OSError:
             continue
-        if (env.get("SLURM_JOB_ID") == str(job_id) and env.get("SLURMD_NODENAME") == node
-                and env.get("SLURM_STEP_ID", "batch") not in ("batch", "4294967294")):
+        if env.get("SLURM_JOB_ID") != str(job_id):
+            continue
+        if node is None or (env.get("SLURMD_NODENAME") == node
+                            and env.get("SLURM_STEP_ID", "batch") not in ("batch", "4294967294")):
             pids.append(int(proc.name))
     return pids
 
