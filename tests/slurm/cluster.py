@@ -137,21 +137,22 @@ class SlurmCluster:
         for sub in ("state", "log", "munge", "spool/node1", "spool/node2"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         root = Path(__file__).resolve().parents[2]
-        self.watchdog = subprocess.Popen(
-            [sys.executable, "-m", "tests.slurm.cluster", "watch", str(os.getpid()), str(d)],
-            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=open(d / "log" / "watchdog.log", "ab"))
+        with open(d / "log" / "watchdog.log", "ab") as log:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-m", "tests.slurm.cluster", "watch", str(os.getpid()), str(d)],
+                cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=log)
         os.chmod(d / "munge", 0o700)
         key = d / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
         munged = subprocess.run(
             [_which("munged"), "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
-             f"--pid-file={d / 'munge' / 'munged.pid'}", f"--log-file={d / 'log' / 'munged.log'}",
+             f"--pid-file={self.pid_file('munged')}", f"--log-file={d / 'log' / 'munged.log'}",
              f"--seed-file={d / 'munge' / 'munged.seed'}"], capture_output=True, text=True)
         if munged.returncode != 0:
             raise RuntimeError(f"munged did not start: {munged.stderr}")
-        self.pids["munged"] = self._read_pid(d / "munge" / "munged.pid")
+        self.pids["munged"] = self._read_pid(self.pid_file("munged"))
         (d / "gpu0").write_text("a GPU that is not there\n")
         (d / "gres.conf").write_text(f"AutoDetect=off\nName=gpu File={d / 'gpu0'}\n")
         ctld_port, port1, port2 = free_ports(3)
@@ -159,14 +160,14 @@ class SlurmCluster:
                                                munge_socket=self.munge_socket, cpus=CPUS_PER_NODE))
         env = self.env()
         subprocess.run([_which("slurmctld"), "-f", str(self.conf), "-i"], env=env, check=True)
-        self.pids["slurmctld"] = self._read_pid(d / "slurmctld.pid")
+        self.pids["slurmctld"] = self._read_pid(self.pid_file("slurmctld"))
         for node in NODES:
             self.start_node(node)
         self.wait_idle()
 
     def start_node(self, node: str) -> None:
         subprocess.run([_which("slurmd"), "-f", str(self.conf), "-N", node], env=self.env(), check=True)
-        self.pids[f"slurmd-{node}"] = self._read_pid(self.dir / f"slurmd-{node}.pid")
+        self.pids[f"slurmd-{node}"] = self._read_pid(self.pid_file(f"slurmd-{node}"))
 
     def kill_node(self, node: str) -> None:
         pid = self.pids.pop(f"slurmd-{node}", None)
@@ -214,13 +215,16 @@ class SlurmCluster:
             if left and sig == signal.SIGTERM:
                 time.sleep(2)
 
+    def pid_file(self, daemon: str) -> Path:
+        """Where `daemon` ("munged", "slurmctld", "slurmd-node1", ...) writes its pid (slurm.conf's
+        SlurmctldPidFile and SlurmdPidFile say the same)."""
+        return self.dir / "munge" / "munged.pid" if daemon == "munged" else self.dir / f"{daemon}.pid"
+
     def adopt(self) -> None:
         """Learn the daemons' pids from their pid files (the watchdog's view of a running cluster)."""
-        files = {"munged": self.dir / "munge" / "munged.pid", "slurmctld": self.dir / "slurmctld.pid"}
-        files.update({f"slurmd-{n}": self.dir / f"slurmd-{n}.pid" for n in NODES})
-        for name, path in files.items():
+        for name in ("munged", "slurmctld", *(f"slurmd-{n}" for n in NODES)):
             try:
-                self.pids[name] = int(path.read_text().split()[0])
+                self.pids[name] = int(self.pid_file(name).read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 continue
 

@@ -354,8 +354,10 @@ def test_g_a_killed_test_session_leaves_no_daemon_or_job(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+    def left():
+        return [n for n, pid in daemons.items() if slurm_cluster._alive(pid)] + cluster.processes()
+
     end = time.time() + 60
-    left = lambda: [n for n, p in daemons.items() if slurm_cluster._alive(p)] + cluster.processes()  # noqa: E731
     while left() and time.time() < end:
         time.sleep(0.5)
     assert not left(), (left(), (tmp_path / "log" / "watchdog.log").read_text())
